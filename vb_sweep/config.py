@@ -1,0 +1,189 @@
+"""Trial configuration: every constant of METHOD.md is a field here, presets fill them in.
+
+A ``TrialConfig`` is a flat dataclass of JSON-able values, so it is at once the Ray Tune param
+space entry, the MLflow params of a trial and the descriptive columns of its Parquet row.
+``validate()`` checks every field and raises ``ConfigError`` (field + allowed values) before any
+data is loaded or any cluster work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from vb_sweep.errors import ConfigError, check_choice, check_fraction
+
+DEFENSES = ("none", "F", "F+AT", "F+AT+SST", "F+AT+SST+S", "vab")
+AUGMENTS = ("attentionmix", "mixup", "cutmix", "attentive_cutmix")
+PRESETS = ("smoke", "cpu", "paper")
+ATTENTION_INTERPOLATIONS = ("bilinear", "nearest")
+
+
+@dataclass(frozen=True)
+class VariantFlags:
+    """Which components of V&B a defense variant turns on (the paper's Table 4 rows)."""
+
+    filter: bool
+    mix: bool              # the mixing augmentation (AttentionMix or a baseline) on Dc
+    sst: bool              # semi-supervised training on Dc (labeled) + Ds (unlabeled)
+    suppress_unlabeled: bool
+    suppress_labeled: bool
+
+
+VARIANTS: dict[str, VariantFlags] = {
+    "none": VariantFlags(False, False, False, False, False),
+    "F": VariantFlags(True, False, False, False, False),
+    "F+AT": VariantFlags(True, True, False, False, False),
+    "F+AT+SST": VariantFlags(True, True, True, False, False),
+    "F+AT+SST+S": VariantFlags(True, True, True, True, False),
+    "vab": VariantFlags(True, True, True, True, True),
+}
+
+
+@dataclass
+class TrialConfig:
+    # -- what is run ----------------------------------------------------------------------
+    preset: str = "smoke"
+    dataset: str = "synthetic"
+    data_root: str | None = None
+    train_per_class: int | None = None     # subset of the training set (None: all)
+    test_per_class: int | None = None
+    model: str = "small_cnn"
+    attack: str = "badnets"
+    attack_preset: str = "vab_paper"
+    poison_rate: float | None = None       # None: the attack's default (0.1)
+    target: int = 0
+    defense: str = "vab"
+    augment: str = "attentionmix"
+    t_f: float = 0.2
+    t_m: float = 0.1
+    seed: int = 0
+    # -- Beneficiary schedule (METHOD.md section 2/3, scaled by preset) ----------------------
+    epochs: int = 200
+    mix_epochs: int = 100                  # epochs 1..mix_epochs: Dc with AttentionMix; then SST
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_milestones: tuple[int, ...] = (50, 100, 150)  # lr *= gamma after each of these epochs
+    lr_gamma: float = 0.1
+    crop_padding: int = 4
+    # -- Victim (METHOD.md section 1) ------------------------------------------------------
+    victim_lr: float = 1e-3
+    victim_weight_decay: float = 5e-4
+    victim_batch_size: int = 128
+    warm_up: int = 3                       # epoch 0 on all of D, then warm_up - 1 epochs on Ds
+    warm_up_step: float = 0.4              # warm-up threshold max(1 - step * epoch, t_f)
+    entropy_smoothing: float = 0.75        # r; 1.0 turns smoothing off
+    resplit_every: int = 5                 # re-split period during the mix stage (1 in SST)
+    # -- AttentionMix and SST --------------------------------------------------------------
+    attention_interpolation: str = "bilinear"
+    sst_augmentations: int = 2             # K
+    sharpen_temperature: float | None = None  # None: one-hot argmax pseudo-labels
+    victim_temperature: float = 3.0        # T_v
+    lambda_u: tuple[float, float] = (0.1, 0.5)
+    lambda_u_switch: int = 150             # lambda_u[1] in epochs after this one (1-based)
+    # -- engine ----------------------------------------------------------------------------
+    device: str = "auto"
+    amp: bool = True                       # bf16 autocast on CUDA
+    eval_batch_size: int = 1024
+
+    # ---------------------------------------------------------------------------------------
+    @property
+    def flags(self) -> VariantFlags:
+        return VARIANTS[self.defense]
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrialConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - names
+        if unknown:
+            raise ConfigError("config field", sorted(unknown)[0], sorted(names))
+        values = dict(values)
+        for tuple_field in ("lr_milestones", "lambda_u"):
+            if tuple_field in values and values[tuple_field] is not None:
+                values[tuple_field] = tuple(values[tuple_field])
+        return cls(**values)
+
+    def replace(self, **changes) -> "TrialConfig":
+        return TrialConfig.from_dict({**self.to_dict(), **changes})
+
+    def validate(self) -> "TrialConfig":
+        from vb_sweep.attacks import ATTACKS
+        from vb_sweep.data import DATASETS
+        from vb_sweep.models import MODELS
+
+        check_choice("preset", self.preset, PRESETS)
+        check_choice("dataset", self.dataset, DATASETS.names())
+        check_choice("model", self.model, MODELS.names())
+        check_choice("attack", self.attack, ATTACKS.names())
+        attack_cls = ATTACKS.get(self.attack)
+        check_choice("attack_preset", self.attack_preset, attack_cls.presets)
+        if self.poison_rate is not None:
+            check_fraction("poison_rate", self.poison_rate)
+        check_choice("defense", self.defense, DEFENSES)
+        check_choice("augment", self.augment, AUGMENTS)
+        check_fraction("t_f", self.t_f)
+        check_fraction("t_m", self.t_m)
+        check_fraction("entropy_smoothing", self.entropy_smoothing)
+        check_choice("attention_interpolation", self.attention_interpolation,
+                     ATTENTION_INTERPOLATIONS)
+        _check_positive_int("seed", self.seed, allow_zero=True)
+        _check_positive_int("target", self.target, allow_zero=True)
+        for name in ("epochs", "batch_size", "victim_batch_size", "warm_up", "resplit_every",
+                     "sst_augmentations", "eval_batch_size"):
+            _check_positive_int(name, getattr(self, name))
+        if not 0 <= self.mix_epochs <= self.epochs:
+            raise ConfigError("mix_epochs", self.mix_epochs, f"0..epochs ({self.epochs})")
+        for name in ("train_per_class", "test_per_class"):
+            if getattr(self, name) is not None:
+                _check_positive_int(name, getattr(self, name))
+        if self.victim_temperature <= 0:
+            raise ConfigError("victim_temperature", self.victim_temperature, "a number > 0")
+        return self
+
+
+def _check_positive_int(name: str, value, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(name, value, f"an integer >= {low}")
+
+
+def scaled_schedule(epochs: int) -> dict[str, Any]:
+    """The METHOD.md schedule (200 epochs) scaled to ``epochs``, keeping the stage proportions:
+    LR milestones at 1/4, 1/2, 3/4, the mix stage in the first half, lambda_u's switch at 3/4 and
+    the Victim re-split every 5 of 200 epochs (at least every epoch)."""
+    quarter = max(1, round(epochs / 4))
+    return {
+        "epochs": epochs,
+        "mix_epochs": epochs // 2,
+        "lr_milestones": (quarter, epochs // 2, epochs - quarter),
+        "lambda_u_switch": epochs - quarter,
+        "resplit_every": max(1, round(5 * epochs / 200)),
+    }
+
+
+PRESET_VALUES: dict[str, dict[str, Any]] = {
+    # Generated data and a tiny network: seconds per trial (tests, first run).
+    "smoke": {"dataset": "synthetic", "model": "small_cnn", "batch_size": 64,
+              "victim_batch_size": 32, "eval_batch_size": 512, **scaled_schedule(8)},
+    # A CIFAR-10 subset big enough for the Victim to learn the trigger in one epoch
+    # (METHOD.md section 8: ~20,000 images) and a small network.
+    "cpu": {"dataset": "cifar10", "model": "small_cnn", "train_per_class": 2000,
+            "test_per_class": 500, **scaled_schedule(20)},
+    # Full CIFAR-10, ResNet-18, the full schedule.
+    "paper": {"dataset": "cifar10", "model": "resnet18", **scaled_schedule(200)},
+}
+
+
+def preset_config(preset: str, **overrides) -> TrialConfig:
+    """The preset's values under any user overrides (None overrides are ignored)."""
+    check_choice("preset", preset, PRESETS)
+    values = {"preset": preset, **PRESET_VALUES[preset]}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrialConfig.from_dict(values)

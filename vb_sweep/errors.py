@@ -1,0 +1,38 @@
+"""The one error type for bad user input.
+
+Every check of a user-facing value raises ``ConfigError`` naming the field and what is allowed,
+so command-line entry points can print one line and exit with status 2 before any work starts.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+
+class ConfigError(ValueError):
+    """A user-supplied value is invalid. ``str(err)`` is a one-line message."""
+
+    def __init__(self, field: str, value, allowed: str | Iterable):
+        if not isinstance(allowed, str):
+            allowed = ", ".join(str(a) for a in allowed)
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"invalid {field}: {value!r} (allowed: {allowed})")
+
+
+def check_choice(field: str, value, choices: Iterable):
+    choices = list(choices)
+    if value not in choices:
+        raise ConfigError(field, value, choices)
+    return value
+
+
+def check_fraction(field: str, value) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(field, value, "a number in [0, 1]") from None
+    if not 0.0 <= number <= 1.0:
+        raise ConfigError(field, value, "a number in [0, 1]")
+    return number

@@ -1,0 +1,36 @@
+"""A name -> factory registry, so attacks, datasets, models and augmentations are looked up by
+the names used on every command line and in every table."""
+
+from __future__ import annotations
+
+from typing import Callable, Generic, TypeVar
+
+from vb_sweep.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    def __init__(self, field: str):
+        self.field = field
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def decorator(entry: T) -> T:
+            if name in self._entries:
+                raise KeyError(f"{self.field} {name!r} registered twice")
+            self._entries[name] = entry
+            return entry
+
+        return decorator
+
+    def get(self, name: str) -> T:
+        if name not in self._entries:
+            raise ConfigError(self.field, name, self.names())
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries

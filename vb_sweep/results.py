@@ -1,0 +1,99 @@
+"""The Parquet contracts: one row per finished trial in ``trials/``, one row per epoch and stage
+in ``history/``, under a sweep's output folder. Each trial writes its own uniquely named file,
+atomically (temporary name, then rename), so ``pandas.read_parquet(out / "trials")`` always reads
+complete rows and a killed writer loses nothing that had finished.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TRIALS_DIR = "trials"
+HISTORY_DIR = "history"
+
+# Column -> pyarrow type. Rates, thresholds and accuracies are fractions in [0, 1].
+TRIAL_SCHEMA = pa.schema([
+    ("sweep", pa.string()), ("trial_id", pa.string()),
+    ("dataset", pa.string()), ("model", pa.string()), ("attack", pa.string()),
+    ("attack_preset", pa.string()), ("poison_rate", pa.float64()), ("target", pa.int64()),
+    ("defense", pa.string()), ("augment", pa.string()),
+    ("t_f", pa.float64()), ("t_m", pa.float64()), ("seed", pa.int64()), ("preset", pa.string()),
+    ("ba", pa.float64()), ("asr", pa.float64()), ("ra", pa.float64()),
+    ("filter_precision", pa.float64()), ("filter_recall", pa.float64()),
+    ("filter_auroc", pa.float64()),
+    ("first_filter_precision", pa.float64()), ("first_filter_recall", pa.float64()),
+    ("credible_size", pa.int64()), ("suspicious_size", pa.int64()),
+    ("num_train", pa.int64()), ("num_poisoned", pa.int64()), ("epochs", pa.int64()),
+    ("poison_s", pa.float64()), ("victim_s", pa.float64()), ("beneficiary_s", pa.float64()),
+    ("poison_cached", pa.bool_()), ("victim_cached", pa.bool_()),
+    ("train_images_per_s", pa.float64()),
+    ("wall_s", pa.float64()), ("status", pa.string()), ("error", pa.string()),
+    ("mlflow_run_id", pa.string()), ("device", pa.string()), ("code_version", pa.string()),
+    ("finished_at", pa.string()),
+])
+
+HISTORY_SCHEMA = pa.schema([
+    ("sweep", pa.string()), ("trial_id", pa.string()),
+    ("epoch", pa.int64()), ("stage", pa.string()),
+    ("lr", pa.float64()), ("loss", pa.float64()),
+    ("ba", pa.float64()), ("asr", pa.float64()), ("ra", pa.float64()),
+    ("credible_size", pa.int64()), ("suspicious_size", pa.int64()),
+    ("poisoned_in_credible", pa.int64()), ("poisoned_in_suspicious", pa.int64()),
+    ("filter_precision", pa.float64()), ("filter_recall", pa.float64()),
+    ("filter_auroc", pa.float64()),
+    # Normalised-entropy histograms at this split (HISTOGRAM_BINS bins on [0, 1]).
+    ("entropy_hist_poisoned", pa.list_(pa.int64())), ("entropy_hist_benign", pa.list_(pa.int64())),
+    ("seconds", pa.float64()), ("images_per_s", pa.float64()),
+])
+
+HISTOGRAM_BINS = 20
+
+
+def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    unknown = {key for row in rows for key in row} - set(schema.names)
+    if unknown:
+        raise KeyError(f"columns not in the schema: {sorted(unknown)}")
+    columns = {name: [row.get(name) for row in rows] for name in schema.names}
+    return pa.table(columns, schema=schema)
+
+
+def write_parquet_atomically(rows: list[dict], schema: pa.Schema, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(_table(rows, schema), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_trial(out_dir: Path, row: dict, history: list[dict]) -> Path:
+    """Write a finished trial's history first, then its row: a row on disk means a whole trial."""
+    name = f"{row['trial_id']}.parquet"
+    if history:
+        write_parquet_atomically(history, HISTORY_SCHEMA, Path(out_dir) / HISTORY_DIR / name)
+    return write_parquet_atomically([row], TRIAL_SCHEMA, Path(out_dir) / TRIALS_DIR / name)
+
+
+def read_trials(out_dir: Path) -> pd.DataFrame:
+    folder = Path(out_dir) / TRIALS_DIR
+    if not folder.exists() or not any(folder.glob("*.parquet")):
+        return pd.DataFrame({name: pd.Series(dtype=object) for name in TRIAL_SCHEMA.names})
+    return pd.read_parquet(folder)
+
+
+def read_history(out_dir: Path) -> pd.DataFrame:
+    folder = Path(out_dir) / HISTORY_DIR
+    if not folder.exists() or not any(folder.glob("*.parquet")):
+        return pd.DataFrame({name: pd.Series(dtype=object) for name in HISTORY_SCHEMA.names})
+    return pd.read_parquet(folder)

@@ -187,3 +187,21 @@ def preset_config(preset: str, **overrides) -> TrialConfig:
     values = {"preset": preset, **PRESET_VALUES[preset]}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrialConfig.from_dict(values)
+
+
+def parse_overrides(assignments: list[str] | None) -> dict[str, Any]:
+    """``["epochs=4", "lambda_u=[0.1, 0.5]"]`` -> {"epochs": 4, "lambda_u": [0.1, 0.5]}.
+    Values are read as JSON where they parse, as plain strings otherwise."""
+    names = {f.name for f in dataclasses.fields(TrialConfig)}
+    overrides: dict[str, Any] = {}
+    for assignment in assignments or []:
+        name, sep, text = assignment.partition("=")
+        if not sep:
+            raise ConfigError("--set", assignment, "FIELD=VALUE")
+        if name not in names:
+            raise ConfigError("--set field", name, sorted(names))
+        try:
+            overrides[name] = json.loads(text)
+        except json.JSONDecodeError:
+            overrides[name] = text
+    return overrides

@@ -1,0 +1,162 @@
+"""The ``vb-sweep`` command: ``run`` (one trial, no Ray) and ``show-attacks`` (trigger gallery).
+
+Bad input ends with one line naming the field and the allowed values, exit status 2, before any
+data is loaded, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from vb_sweep.errors import ConfigError
+
+
+def progress_line(record: dict, epochs: int) -> str:
+    """One line per history record: what a user watches during a trial."""
+    if record["stage"] == "victim" and record["epoch"] == 0:
+        head = "victim split after warm-up"
+    else:
+        head = (f"epoch {record['epoch']:>3}/{epochs} [{record['stage']:<8}] "
+                f"lr {record['lr']:.0e} loss {record['loss']:.3f} "
+                f"BA {record['ba']:.3f} ASR {record['asr']:.3f} RA {record['ra']:.3f}")
+    if "credible_size" in record:
+        head += (f" | Dc {record['credible_size']} Ds {record['suspicious_size']}"
+                 f" P {record['filter_precision']:.2f} R {record['filter_recall']:.2f}")
+    if record.get("images_per_s"):
+        head += f" | {record['images_per_s']:.0f} img/s {record['seconds']:.1f}s"
+    return head
+
+
+def victim_progress(stage: str, epoch: int, state) -> None:
+    suspicious = int(state.suspicious.sum())
+    print(f"  {stage} split {epoch}: Ds {suspicious} Dc {state.suspicious.numel() - suspicious}",
+          flush=True)
+
+
+def check_writable(folder: Path) -> Path:
+    """Create the output folder if needed and make sure files can be written in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError("--out", str(folder), f"a writable folder ({err.strerror})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError("--out", str(folder), "a writable folder")
+    return folder
+
+
+def add_trial_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="smoke", help="smoke | cpu | paper")
+    parser.add_argument("--attack", default="badnets")
+    parser.add_argument("--attack-preset", default=None, help="vab_paper | backdoorbench")
+    parser.add_argument("--defense", default="vab",
+                        help="none | F | F+AT | F+AT+SST | F+AT+SST+S | vab")
+    parser.add_argument("--augment", default=None,
+                        help="attentionmix | mixup | cutmix | attentive_cutmix")
+    parser.add_argument("--dataset", default=None, help="synthetic | cifar10 | gtsrb")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--target", type=int, default=None)
+    parser.add_argument("--poison-rate", type=float, default=None)
+    parser.add_argument("--t-f", type=float, default=None)
+    parser.add_argument("--t-m", type=float, default=None)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="Beneficiary epochs; the schedule is scaled to keep its proportions")
+    parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="override any TrialConfig field")
+
+
+def config_from_args(args):
+    from vb_sweep.config import parse_overrides, preset_config, scaled_schedule
+
+    schedule = scaled_schedule(args.epochs) if args.epochs is not None else {}
+    return preset_config(
+        args.preset, attack=args.attack, attack_preset=args.attack_preset, defense=args.defense,
+        augment=args.augment, dataset=args.dataset, data_root=args.data_root, seed=args.seed,
+        target=args.target, poison_rate=args.poison_rate, t_f=args.t_f, t_m=args.t_m,
+        device=args.device, **schedule, **parse_overrides(args.set)).validate()
+
+
+def command_run(args) -> int:
+    from vb_sweep.cache import ArtifactCache
+    from vb_sweep.results import write_trial
+    from vb_sweep.trial import load_trial_data, make_attack, run_trial
+
+    config = config_from_args(args)
+    out = check_writable(Path(args.out))
+    make_attack(config, load_trial_data(config))  # dataset files and target checked up front
+    print(f"trial: {config.attack} / {config.defense} on {config.dataset} "
+          f"({config.preset} preset, {config.epochs} epochs, seed {config.seed})", flush=True)
+    cache = ArtifactCache(args.cache_dir or out / "cache")
+    result = run_trial(config, cache=cache, sweep=args.sweep,
+                       on_epoch=lambda r: print(progress_line(r, config.epochs), flush=True),
+                       on_victim_split=victim_progress)
+    path = write_trial(out, result.row, result.history)
+    for name, content in result.figures.items():
+        (out / "figures").mkdir(exist_ok=True)
+        (out / "figures" / f"{result.row['trial_id']}-{name}").write_bytes(content)
+    row = result.row
+    print(f"final: BA {row['ba']:.4f} ASR {row['asr']:.4f} RA {row['ra']:.4f}"
+          + (f" | filter precision {row['filter_precision']:.3f} recall "
+             f"{row['filter_recall']:.3f}" if row["filter_recall"] is not None else "")
+          + f" | {row['wall_s']:.1f}s")
+    print(f"row written to {path}")
+    return 0
+
+
+def command_show_attacks(args) -> int:
+    from vb_sweep.attacks import ATTACKS, build_attack
+    from vb_sweep.cache import ArtifactCache
+    from vb_sweep.data import load_dataset
+    from vb_sweep.gallery import render_attack_gallery
+
+    names = args.attacks or ATTACKS.names()
+    attacks = [build_attack(name, preset=args.attack_preset) for name in names]
+    out = Path(args.out)
+    check_writable(out.parent if str(out.parent) else Path("."))
+    data = load_dataset(args.dataset, args.data_root)
+    cache = ArtifactCache(args.cache_dir) if args.cache_dir else None
+    for attack in attacks:
+        attack.check_target(data.train.num_classes)
+        if attack.requires_training:
+            attack.prepare(data.train, cache=cache)
+    render_attack_gallery(data.test, attacks, out)
+    print(f"gallery of {', '.join(names)} written to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vb-sweep", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run one trial (no Ray)")
+    add_trial_options(run)
+    run.add_argument("--out", default="results/run")
+    run.add_argument("--sweep", default="adhoc")
+    run.add_argument("--cache-dir", default=None)
+    run.set_defaults(handler=command_run)
+
+    show = commands.add_parser("show-attacks", help="draw every attack's trigger")
+    show.add_argument("--dataset", default="synthetic")
+    show.add_argument("--data-root", default=None)
+    show.add_argument("--attacks", nargs="*", default=None)
+    show.add_argument("--attack-preset", default="vab_paper")
+    show.add_argument("--cache-dir", default=None)
+    show.add_argument("--out", default="attacks.png")
+    show.set_defaults(handler=command_show_attacks)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as err:
+        print(f"vb-sweep: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

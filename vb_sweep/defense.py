@@ -1,0 +1,157 @@
+"""The Beneficiary's run for each defense variant (METHOD.md sections 2-4).
+
+``run_beneficiary`` trains B epoch by epoch on the variant's data — all of D (none), the credible
+set (F), with the mixing augmentation (F+AT), then semi-supervised with or without suppression —
+evaluates BA/ASR/RA after every epoch and emits one history record per epoch. It knows nothing of
+Ray, MLflow or Parquet: progress and checkpoints leave through callbacks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from vb_sweep.config import TrialConfig
+from vb_sweep.engine import (SSTSettings, StepSettings, mix_epoch, plain_epoch, sst_epoch)
+from vb_sweep.metrics import backdoor_metrics, filter_quality, predict
+from vb_sweep.results import HISTOGRAM_BINS
+from vb_sweep.victim import VictimState, VictimTrajectory
+
+
+@dataclass
+class EvalSet:
+    """The test set on the device: clean images and the triggered non-target images."""
+
+    clean_images: torch.Tensor
+    clean_labels: torch.Tensor
+    triggered_images: torch.Tensor
+    triggered_labels: torch.Tensor
+    target: int
+
+
+def learning_rate(config: TrialConfig, epoch: int) -> float:
+    """Base lr times gamma for every milestone already passed (1-based epochs)."""
+    passed = sum(epoch > milestone for milestone in config.lr_milestones)
+    return config.lr * config.lr_gamma ** passed
+
+
+def lambda_u(config: TrialConfig, epoch: int) -> float:
+    return config.lambda_u[0] if epoch <= config.lambda_u_switch else config.lambda_u[1]
+
+
+def stage_of(config: TrialConfig, epoch: int) -> str:
+    flags = config.flags
+    if not flags.filter:
+        return "plain"
+    if flags.sst and epoch > config.mix_epochs:
+        return "sst"
+    return "mix" if flags.mix else "filtered"
+
+
+def evaluate(model, eval_set: EvalSet, step: StepSettings, batch_size: int) -> dict[str, float]:
+    clean = predict(model, eval_set.clean_images, step.normalize, batch_size, step.autocast_dtype)
+    triggered = predict(model, eval_set.triggered_images, step.normalize, batch_size,
+                        step.autocast_dtype)
+    return backdoor_metrics(clean, eval_set.clean_labels, triggered, eval_set.triggered_labels,
+                            eval_set.target)
+
+
+def entropy_histograms(state: VictimState, poisoned: torch.Tensor) -> dict[str, list[int]]:
+    entropy = state.entropy.float()
+    def histogram(values):
+        return torch.histc(values, bins=HISTOGRAM_BINS, min=0.0, max=1.0).long().tolist()
+    return {"entropy_hist_poisoned": histogram(entropy[poisoned]),
+            "entropy_hist_benign": histogram(entropy[~poisoned])}
+
+
+def split_record(state: VictimState, poisoned: torch.Tensor) -> dict:
+    """Filter quality of one split against the ground truth, plus its entropy histograms."""
+    return {**filter_quality(state.suspicious, poisoned, state.entropy),
+            **entropy_histograms(state, poisoned)}
+
+
+@dataclass
+class BeneficiaryData:
+    images: torch.Tensor          # uint8 (N, C, H, W) on the device, poisoned
+    labels: torch.Tensor          # int64 (N,) on the device, the labels the defense sees
+    poisoned: torch.Tensor        # bool (N,) on the CPU: ground truth, for metrics only
+    num_classes: int
+
+
+def train_one_epoch(config, epoch, model, optimizer, data: BeneficiaryData,
+                    trajectory: VictimTrajectory | None, step: StepSettings):
+    stage = stage_of(config, epoch)
+    everything = torch.arange(data.labels.numel(), device=data.labels.device)
+    if stage == "plain":
+        return plain_epoch(model, optimizer, data.images, data.labels, everything, step)
+    state = trajectory.state_for(epoch)
+    suspicious_mask = state.suspicious.to(data.labels.device)
+    credible = torch.nonzero(~suspicious_mask)[:, 0]
+    if stage == "filtered":
+        return plain_epoch(model, optimizer, data.images, data.labels, credible, step)
+    if stage == "mix":
+        return mix_epoch(model, optimizer, data.images, data.labels, credible,
+                         data.num_classes, step)
+    flags = config.flags
+    sst = SSTSettings(config.sst_augmentations, lambda_u(config, epoch),
+                      config.sharpen_temperature, flags.suppress_unlabeled,
+                      flags.suppress_labeled)
+    victim_soft = None
+    if flags.suppress_unlabeled or flags.suppress_labeled:
+        victim_soft = state.tempered_softmax.to(data.labels.device)
+    suspicious = torch.nonzero(suspicious_mask)[:, 0]
+    return sst_epoch(model, optimizer, data.images, data.labels, credible, suspicious,
+                     victim_soft, data.num_classes, step, sst)
+
+
+def run_beneficiary(config: TrialConfig, model, data: BeneficiaryData, eval_set: EvalSet,
+                    trajectory: VictimTrajectory | None, step: StepSettings,
+                    on_epoch: Callable[[dict], None] | None = None,
+                    checkpoint: dict | None = None,
+                    save_checkpoint: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train the Beneficiary for ``config.epochs`` epochs; return the history records."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    history: list[dict] = []
+    first_epoch = 1
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        torch.set_rng_state(checkpoint["cpu_rng"])
+        if checkpoint.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(checkpoint["cuda_rng"])
+        history = list(checkpoint["history"])
+        first_epoch = checkpoint["epoch"] + 1
+    elif trajectory is not None:
+        record = {"epoch": 0, "stage": "victim", **split_record(trajectory.states[0], data.poisoned)}
+        history.append(record)
+        if on_epoch:
+            on_epoch(record)
+
+    for epoch in range(first_epoch, config.epochs + 1):
+        lr = learning_rate(config, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        started = time.perf_counter()
+        stats = train_one_epoch(config, epoch, model, optimizer, data, trajectory, step)
+        train_seconds = time.perf_counter() - started
+        record = {"epoch": epoch, "stage": stage_of(config, epoch), "lr": lr, "loss": stats.loss,
+                  **evaluate(model, eval_set, step, config.eval_batch_size),
+                  "seconds": time.perf_counter() - started,
+                  "images_per_s": stats.images / max(train_seconds, 1e-9)}
+        if trajectory is not None:
+            record.update(split_record(trajectory.state_for(epoch), data.poisoned))
+        history.append(record)
+        if on_epoch:
+            on_epoch(record)
+        if save_checkpoint:
+            save_checkpoint({
+                "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "cpu_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+                "history": history,
+            })
+    return history

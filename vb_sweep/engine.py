@@ -1,0 +1,174 @@
+"""The training steps every stage is made of: one epoch of plain supervised training, one of
+mixing-augmented training on two views, one of semi-supervised suppression training.
+
+The dataset lives on the training device as uint8; a step gathers its batch by index, augments
+it as a batch and converts it to float there. No per-image Python anywhere in a step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from vb_sweep.augment import Normalizer, standard_augment
+from vb_sweep.mixing import ATTENTION_MIXERS, apply_mixer, attention_from_features
+
+
+@dataclass
+class StepSettings:
+    """What a training step needs besides the model and data."""
+
+    normalize: Normalizer
+    batch_size: int
+    padding: int | None              # crop padding; None: no augmentation at all
+    autocast_dtype: torch.dtype | None = None
+    augment: str = "attentionmix"
+    t_m: float = 0.1
+    interpolation: str = "bilinear"
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    images: int  # images that went through forward + backward
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """-sum y log softmax(logits), averaged over the batch (y need not sum to 1)."""
+    return -(targets * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+
+
+def _inputs(images_uint8: torch.Tensor, settings: StepSettings) -> torch.Tensor:
+    if settings.padding is not None:
+        images_uint8 = standard_augment(images_uint8, settings.padding)
+    return settings.normalize(images_uint8)
+
+
+def _step(model, optimizer, loss_fn, settings: StepSettings) -> float:
+    with torch.autocast(settings.normalize.mean.device.type, dtype=settings.autocast_dtype,
+                        enabled=settings.autocast_dtype is not None):
+        loss = loss_fn()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def _shuffled_batches(indices: torch.Tensor, batch_size: int):
+    order = indices[torch.randperm(indices.numel(), device=indices.device)]
+    return order.split(batch_size)
+
+
+def plain_epoch(model, optimizer, images, labels, indices, settings: StepSettings) -> EpochStats:
+    """Cross-entropy on ``indices`` with standard augmentation (or none, for the Victim)."""
+    model.train()
+    total = torch.zeros((), device=images.device)
+    for batch in _shuffled_batches(indices, settings.batch_size):
+        x = _inputs(images[batch], settings)
+        total += _step(model, optimizer, lambda: F.cross_entropy(model(x), labels[batch]),
+                       settings) * batch.numel()
+    return EpochStats(float(total) / max(1, indices.numel()), indices.numel())
+
+
+@torch.no_grad()
+def attention_maps(model, x: torch.Tensor, settings: StepSettings) -> torch.Tensor:
+    """The Beneficiary's attention on a batch, without gradients and in eval mode."""
+    model.eval()
+    with torch.autocast(x.device.type, dtype=settings.autocast_dtype,
+                        enabled=settings.autocast_dtype is not None):
+        _, features = model.forward_with_features(x)
+    model.train()
+    return attention_from_features(features)
+
+
+def mixed_views(model, images_uint8, targets, settings: StepSettings):
+    """Two independently augmented views of each image, mixed by the configured mixer."""
+    x = torch.cat([_inputs(images_uint8, settings), _inputs(images_uint8, settings)])
+    y = torch.cat([targets, targets])
+    attention = attention_maps(model, x, settings) if settings.augment in ATTENTION_MIXERS else None
+    return apply_mixer(settings.augment, x, y, attention, settings.t_m, settings.interpolation)
+
+
+def mix_epoch(model, optimizer, images, labels, indices, num_classes,
+              settings: StepSettings) -> EpochStats:
+    """Training on the credible set with the mixing augmentation (2 views per image)."""
+    model.train()
+    total = torch.zeros((), device=images.device)
+    for batch in _shuffled_batches(indices, settings.batch_size):
+        targets = F.one_hot(labels[batch], num_classes).float()
+        x, y = mixed_views(model, images[batch], targets, settings)
+        total += _step(model, optimizer, lambda: soft_cross_entropy(model(x), y),
+                       settings) * batch.numel()
+    return EpochStats(float(total) / max(1, indices.numel()), 2 * indices.numel())
+
+
+def suppress(labels_onehot: torch.Tensor, victim_soft: torch.Tensor) -> torch.Tensor:
+    """clip(onehot - softmax(V(x) / T_v), 0, 1); not renormalised (the authors' code)."""
+    return (labels_onehot - victim_soft).clamp(0.0, 1.0)
+
+
+def pseudo_labels(view_logits: torch.Tensor, views: int, num_classes: int,
+                  sharpen_temperature: float | None) -> torch.Tensor:
+    """Average softmax over K views; one-hot argmax, or MixMatch sharpening if T is given."""
+    probs = F.softmax(view_logits.float(), dim=1).view(views, -1, num_classes).mean(0)
+    if sharpen_temperature is None:
+        return F.one_hot(probs.argmax(1), num_classes).float()
+    sharpened = probs.pow(1.0 / sharpen_temperature)
+    return sharpened / sharpened.sum(1, keepdim=True)
+
+
+@dataclass
+class SSTSettings:
+    views: int                        # K
+    lambda_u: float
+    sharpen_temperature: float | None
+    suppress_unlabeled: bool
+    suppress_labeled: bool
+
+
+def unlabeled_batch_size(labeled: int, unlabeled: int, batch_size: int) -> tuple[int, int]:
+    """Steps per epoch and the unlabeled batch size so one epoch covers both sets once."""
+    steps = max(1, math.ceil(labeled / batch_size))
+    return steps, math.ceil(unlabeled / steps) if unlabeled else 0
+
+
+def sst_epoch(model, optimizer, images, labels, labeled_idx, unlabeled_idx, victim_soft,
+              num_classes, settings: StepSettings, sst: SSTSettings) -> EpochStats:
+    """Semi-supervised suppression training (METHOD.md section 3): the mixed labeled batch and
+    K views of an unlabeled batch go through the model in one forward pass."""
+    model.train()
+    steps, u_batch = unlabeled_batch_size(labeled_idx.numel(), unlabeled_idx.numel(),
+                                          settings.batch_size)
+    labeled_batches = _shuffled_batches(labeled_idx, settings.batch_size)
+    # Cycled, so every labeled step has an unlabeled batch even when Ds splits into fewer.
+    unlabeled_batches = (itertools.cycle(_shuffled_batches(unlabeled_idx, u_batch)) if u_batch
+                         else itertools.repeat(unlabeled_idx[:0]))
+    total = torch.zeros((), device=images.device)
+    seen = 0
+    for l_batch, u_idx in zip(labeled_batches, unlabeled_batches):
+        targets = F.one_hot(labels[l_batch], num_classes).float()
+        if sst.suppress_labeled:
+            targets = suppress(targets, victim_soft[l_batch].float())
+        x_mix, y_mix = mixed_views(model, images[l_batch], targets, settings)
+        u_views = torch.cat([_inputs(images[u_idx], settings) for _ in range(sst.views)])
+        n_mix = x_mix.shape[0]
+
+        def loss_fn():
+            logits = model(torch.cat([x_mix, u_views]))
+            loss = soft_cross_entropy(logits[:n_mix], y_mix)
+            if u_idx.numel() == 0:
+                return loss
+            u_logits = logits[n_mix:]
+            guess = pseudo_labels(u_logits.detach(), sst.views, num_classes,
+                                  sst.sharpen_temperature)
+            if sst.suppress_unlabeled:
+                guess = suppress(guess, victim_soft[u_idx].float())
+            return loss + sst.lambda_u * soft_cross_entropy(u_logits, guess.repeat(sst.views, 1))
+
+        total += _step(model, optimizer, loss_fn, settings) * l_batch.numel()
+        seen += n_mix + u_views.shape[0]
+    return EpochStats(float(total) / max(1, labeled_idx.numel()), seen)

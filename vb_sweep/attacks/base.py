@@ -43,6 +43,7 @@ class Attack:
     clean_label: ClassVar[bool] = False
     presets: ClassVar[dict[str, dict[str, Any]]]  # 'vab_paper' and 'backdoorbench'
     default_poison_rate: ClassVar[float] = 0.1
+    requires_training: ClassVar[bool] = False  # True: call prepare() before apply_trigger()
 
     def __init__(self, target: int = 0, poison_rate: float | None = None, seed: int = 0,
                  preset: str = "vab_paper", **overrides):
@@ -61,7 +62,11 @@ class Attack:
 
     # -- what subclasses implement --------------------------------------------------------
     def poison_train(self, train: ImageDataset) -> PoisonedTrainSet:
-        raise NotImplementedError
+        """Stamp the trigger on ``poisoned_count`` seeded picks from the candidate pool;
+        dirty-label attacks relabel them to the target. Attacks with cross samples override."""
+        self.check_target(train.num_classes)
+        chosen = self.shuffled_pool(train)[: self.poisoned_count(train)]
+        return self.stamp(train, chosen)
 
     def apply_trigger(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -87,6 +92,27 @@ class Attack:
         if self.clean_label:
             return torch.nonzero(train.labels == self.target).flatten()
         return torch.arange(len(train))
+
+    def shuffled_pool(self, train: ImageDataset) -> torch.Tensor:
+        """The candidate pool in a seeded random order; poisoned samples are its head."""
+        pool = self.candidate_pool(train)
+        return pool[torch.randperm(len(pool), generator=self.generator())].to(train.images.device)
+
+    def stamp(self, train: ImageDataset, chosen: torch.Tensor, crossed: torch.Tensor | None = None,
+              cross_images: torch.Tensor | None = None) -> PoisonedTrainSet:
+        """The poisoned set: ``apply_trigger`` on ``chosen`` (relabelled to the target unless
+        clean-label) and, if given, ``cross_images`` at ``crossed`` with their labels kept."""
+        images, labels = train.images.clone(), train.labels.clone()
+        images[chosen] = self.apply_trigger(train.images[chosen])
+        if not self.clean_label:
+            labels[chosen] = self.target
+        poisoned = torch.zeros_like(labels, dtype=torch.bool)
+        poisoned[chosen] = True
+        cross = torch.zeros_like(poisoned)
+        if crossed is not None:
+            images[crossed] = cross_images
+            cross[crossed] = True
+        return PoisonedTrainSet(images, labels, poisoned, cross, train.labels.clone())
 
     def describe(self) -> dict[str, Any]:
         """The attack's full configuration (a cache key part and an MLflow param set)."""

@@ -67,6 +67,8 @@ def add_trial_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="override any TrialConfig field")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (1 is fastest when other jobs share the cores)")
 
 
 def config_from_args(args):
@@ -87,6 +89,10 @@ def command_run(args) -> int:
 
     config = config_from_args(args)
     out = check_writable(Path(args.out))
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     make_attack(config, load_trial_data(config))  # dataset files and target checked up front
     print(f"trial: {config.attack} / {config.defense} on {config.dataset} "
           f"({config.preset} preset, {config.epochs} epochs, seed {config.seed})", flush=True)

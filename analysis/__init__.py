@@ -1,0 +1,1 @@
+"""Parquet results -> tables (``analysis.tables``) and figures (``analysis.plots``)."""

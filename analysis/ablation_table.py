@@ -1,0 +1,63 @@
+"""The paper's Table 4 (and the augmentation comparison) from a results folder.
+
+    python analysis/ablation_table.py RESULTS_DIR [--format md|latex|html|csv] [--out FILE]
+        [--dataset D] [--poison-rate R] [--preset P] [--t-f X] [--t-m X]
+
+Rows: none, F, F+AT, F+AT+SST, F+AT+SST+S, vab; per attack BA, ASR and DER in percent, mean ±
+std over seeds. The logic is in ``analysis.tables``; this is its command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `analysis` and `vb_sweep` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analysis.tables import FORMATS, load_trials, report  # noqa: E402
+from vb_sweep.errors import ConfigError, check_fraction  # noqa: E402
+
+
+def fraction(text: str) -> float:
+    try:
+        return check_fraction("value", text)
+    except ConfigError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number in [0, 1]") from None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results_dir", metavar="RESULTS_DIR", type=Path,
+                        help="a sweep's output folder (holds trials/*.parquet)")
+    parser.add_argument("--format", choices=FORMATS, default="md")
+    parser.add_argument("--out", type=Path, metavar="FILE", help="write here instead of stdout")
+    parser.add_argument("--dataset")
+    parser.add_argument("--poison-rate", type=fraction, metavar="R")
+    parser.add_argument("--preset")
+    parser.add_argument("--t-f", type=fraction, metavar="X")
+    parser.add_argument("--t-m", type=fraction, metavar="X")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        text = report(load_trials(args.results_dir), args.format, dataset=args.dataset,
+                      poison_rate=args.poison_rate, preset=args.preset, t_f=args.t_f,
+                      t_m=args.t_m)
+    except (FileNotFoundError, ConfigError) as err:
+        print(f"ablation_table.py: error: {err}", file=sys.stderr)
+        return 2
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text, encoding="utf-8")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""A whole trial on tiny generated data: caching of the Victim, resume, CLI errors."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from vb_sweep.cache import ArtifactCache
+from vb_sweep.cli import main
+from vb_sweep.config import preset_config, scaled_schedule
+from vb_sweep.results import read_history, read_trials, write_trial
+from vb_sweep.trial import run_trial
+
+TINY = dict(train_per_class=12, test_per_class=6, warm_up=2, eval_batch_size=256,
+            batch_size=32, victim_batch_size=32, **scaled_schedule(4))
+
+
+def tiny_config(**changes):
+    return preset_config("smoke", **{**TINY, **changes}).validate()
+
+
+def test_victim_trajectory_is_computed_once_and_shared(tmp_path):
+    cache = ArtifactCache(tmp_path / "cache")
+    first = run_trial(tiny_config(defense="vab"), cache=cache)
+    assert first.row["victim_cached"] is False
+    victim_builds = [key for key in cache.builds if key.startswith("victim-")]
+    assert len(victim_builds) == 1
+    second = run_trial(tiny_config(defense="F+AT", t_m=0.3), cache=cache)
+    assert second.row["victim_cached"] is True and second.row["poison_cached"] is True
+    assert [key for key in cache.builds if key.startswith("victim-")] == victim_builds
+
+    uncached = run_trial(tiny_config(defense="F+AT", t_m=0.3),
+                         cache=ArtifactCache(tmp_path / "other"))
+    for column in ("ba", "asr", "ra", "filter_precision", "filter_recall", "credible_size"):
+        assert uncached.row[column] == second.row[column], column
+    losses = [r["loss"] for r in second.history if "loss" in r]
+    assert losses == [r["loss"] for r in uncached.history if "loss" in r]
+
+
+def test_trial_writes_row_and_history_with_filter_quality(tmp_path):
+    result = run_trial(tiny_config(defense="vab"), cache=ArtifactCache(tmp_path / "cache"),
+                       sweep="t", trial_id="one")
+    write_trial(tmp_path, result.row, result.history)
+    trials, history = read_trials(tmp_path), read_history(tmp_path)
+    assert len(trials) == 1 and trials.loc[0, "status"] == "ok"
+    assert trials.loc[0, "num_poisoned"] == round(0.1 * 120)
+    assert list(history["epoch"]) == [0, 1, 2, 3, 4]
+    assert list(history["stage"]) == ["victim", "mix", "mix", "sst", "sst"]
+    split = history.iloc[0]
+    assert split["credible_size"] + split["suspicious_size"] == 120
+    assert sum(split["entropy_hist_poisoned"]) == 12
+    assert set(result.figures) == {"entropy_histogram.png", "trigger_preview.png"}
+    assert all(png.startswith(b"\x89PNG") for png in result.figures.values())
+
+
+def test_resumed_trial_equals_uninterrupted_one(tmp_path):
+    cache = ArtifactCache(tmp_path / "cache")
+    config = tiny_config(defense="F+AT+SST")
+    saved = {}
+
+    def save(state):
+        if state["epoch"] == 2:
+            path = tmp_path / "checkpoint.pt"
+            torch.save(state, path)
+            saved["path"] = path
+
+    whole = run_trial(config, cache=cache, save_checkpoint=save)
+    resumed = run_trial(config, cache=cache,
+                        checkpoint=torch.load(saved["path"], weights_only=False))
+    assert resumed.row["ba"] == whole.row["ba"] and resumed.row["asr"] == whole.row["asr"]
+    assert [r.get("loss") for r in resumed.history] == [r.get("loss") for r in whole.history]
+
+
+def test_same_seed_same_result_on_cpu(tmp_path):
+    config = tiny_config(defense="none")
+    a = run_trial(config, cache=ArtifactCache(tmp_path / "a"))
+    b = run_trial(config, cache=ArtifactCache(tmp_path / "b"))
+    assert a.row["ba"] == b.row["ba"] and a.row["asr"] == b.row["asr"]
+    assert [r["loss"] for r in a.history] == [r["loss"] for r in b.history]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "vb_sweep.cli", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, field", [
+    (["--attack", "nope"], "attack"),
+    (["--defense", "V&B"], "defense"),
+    (["--poison-rate", "1.5"], "poison_rate"),
+    (["--target", "10"], "target"),
+    (["--dataset", "mnist"], "dataset"),
+    (["--t-f", "-0.1"], "t_f"),
+    (["--dataset", "cifar10", "--data-root", "missing-folder"], "data_root"),
+])
+def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args, field):
+    out = tmp_path / "out"
+    assert main(["run", "--out", str(out), *args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and field in lines[0], lines
+    assert not (out / "trials").exists()
+
+
+def test_cli_unwritable_output_folder_exits_2_from_a_real_process(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    done = run_cli("run", "--out", str(blocker / "sub"))
+    assert done.returncode == 2 and "--out" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_cli_run_prints_progress_and_writes_parquet(tmp_path, capsys):
+    settings = [f"{k}={v}" for k, v in TINY.items() if k not in ("lr_milestones", "epochs",
+                                                                  "mix_epochs", "lambda_u_switch",
+                                                                  "resplit_every")]
+    assert main(["run", "--attack", "blend", "--defense", "vab", "--epochs", "4",
+                 "--out", str(tmp_path), "--set", *settings]) == 0
+    stdout = capsys.readouterr().out
+    assert "epoch   4/4" in stdout and "final: BA" in stdout
+    assert "victim split after warm-up" in stdout
+    trials = pd.read_parquet(tmp_path / "trials")
+    assert trials.loc[0, "attack"] == "blend" and trials.loc[0, "defense"] == "vab"

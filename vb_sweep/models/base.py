@@ -1,0 +1,33 @@
+"""The interface every model implements: logits, or logits with the last block's feature map."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class FeatureClassifier(nn.Module):
+    """A convolutional body (``features``) followed by a pooling-and-linear head (``classify``),
+    so ``forward_with_features`` yields the logits and the body's output from one pass."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The output of the last convolutional block: (B, C, h, w)."""
+        raise NotImplementedError
+
+    def classify(self, feature_map: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feature_map = self.features(x)
+        return self.classify(feature_map), feature_map
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.features(x))
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )

@@ -9,7 +9,7 @@ from torch import nn
 from vb_sweep.errors import ConfigError
 from vb_sweep.models import MODELS, build_model
 
-FEATURE_SHAPES = {"small_cnn": (128, 8, 8), "resnet18": (512, 4, 4),
+FEATURE_SHAPES = {"small_cnn": (128, 8, 8), "tiny_cnn": (64, 8, 8), "resnet18": (512, 4, 4),
                   "preact_resnet18": (512, 4, 4)}
 
 

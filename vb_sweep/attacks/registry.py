@@ -29,4 +29,4 @@ def build_attack(name: str, *, target: int = 0, poison_rate: float | None = None
 
 
 # Imported last, for their registration side effect (they import ATTACKS from this module).
-from vb_sweep.attacks import badnets, blend, dynamic, sig, wanet  # noqa: E402,F401
+from vb_sweep.attacks import badnets, blend, cl, dynamic, sig, wanet  # noqa: E402,F401

@@ -1,0 +1,74 @@
+"""Options shared by the sweep entry points, and their one-line-error convention: bad input
+prints ``PROG: error: ...`` on stderr and exits with status 2 before any trial runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# Running a script from a checkout (`python experiments/ablation.py`) finds the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vb_sweep.errors import ConfigError  # noqa: E402
+from vb_sweep.sweep import SessionOptions  # noqa: E402
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def fail(prog: str, err: ConfigError) -> int:
+    print(f"{prog}: error: {err}", file=sys.stderr, flush=True)
+    return 2
+
+
+def add_sweep_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="smoke", help="smoke | cpu | paper (default smoke)")
+    parser.add_argument("--data-root", default=None, help="dataset folder on the workers")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="Beneficiary epochs; the preset's schedule is scaled to them")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="override any TrialConfig field, e.g. --set train_per_class=50")
+    group = parser.add_argument_group("resources and cluster")
+    group.add_argument("--gpus", type=int, default=None,
+                       help="GPUs the sweep uses (default: all of the cluster's, if any)")
+    group.add_argument("--trials-per-gpu", type=int, default=1,
+                       help="trials sharing one GPU (each gets 1/K of it)")
+    group.add_argument("--cpus", type=int, default=None,
+                       help="CPU cores the sweep uses on a cluster without GPUs")
+    group.add_argument("--cpus-per-trial", type=int, default=1)
+    group.add_argument("--address", default=None,
+                       help="HOST:PORT of a running Ray head node (`ray start --head`) to join")
+    group.add_argument("--max-failures", type=int, default=2,
+                       help="retries of a trial whose process dies (from its checkpoint)")
+    group = parser.add_argument_group("output")
+    group.add_argument("--out", default=None, help="output folder (default results/SWEEP)")
+    group.add_argument("--sweep", default=None, help="sweep name (MLflow experiment)")
+    group.add_argument("--resume", action="store_true",
+                       help="continue the sweep in --out: finished trials are kept")
+    group.add_argument("--retry-failed", action="store_true",
+                       help="with --resume, run the trials recorded as failed again")
+    group.add_argument("--mlflow-uri", default=None,
+                       help="http://HOST:PORT of an `mlflow server` (default: sqlite in --out)")
+    group.add_argument("--storage-path", default=None,
+                       help="Tune storage, a folder all nodes share (default OUT/tune)")
+    group.add_argument("--cache-dir", default=None,
+                       help="artifact cache, a folder all workers share (default OUT/cache)")
+    group.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
+                       help="Tune's progress output (2: every epoch of every trial)")
+
+
+def session_options(args, kind: str, sweep: str, options: dict) -> SessionOptions:
+    return SessionOptions(
+        kind=kind, sweep=sweep, preset=args.preset,
+        out=Path(args.out) if args.out else Path("results") / sweep, resume=args.resume,
+        address=args.address, mlflow_uri=args.mlflow_uri, storage=args.storage_path,
+        cache_dir=args.cache_dir, gpus=args.gpus, trials_per_gpu=args.trials_per_gpu,
+        cpus=args.cpus, cpus_per_trial=args.cpus_per_trial, max_failures=args.max_failures,
+        verbose=args.verbose, options=options)
+
+
+def data_root(args) -> str | None:
+    return str(Path(args.data_root).expanduser().resolve()) if args.data_root else None

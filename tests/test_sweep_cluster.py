@@ -1,0 +1,140 @@
+"""The sweep entry points against real services: a two-node Ray cluster started by the tests
+(token auth, 1 CPU per node), MLflow in SQLite and through a real `mlflow server`, trials killed
+and failing on purpose (the fault-injection hooks of vb_sweep.sweep), bad options refused before
+any trial runs. Trials are smoke trials shrunk to seconds (conftest.TINY)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from vb_sweep.grid import manifest_for, write_manifest
+
+
+def trial_runs(client: MlflowClient, sweep: str) -> tuple[list, list]:
+    """(parent runs, trial runs) of a sweep's experiment, active ones only."""
+    experiment = client.get_experiment_by_name(sweep)
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("vb_sweep.role") == "invocation"]
+    trials = [r for r in runs if r.data.tags.get("vb_sweep.role") == "trial"]
+    return parents, trials
+
+
+def check_nested_runs(client: MlflowClient, sweep: str, rows: pd.DataFrame) -> None:
+    parents, trials = trial_runs(client, sweep)
+    parent_ids = {p.info.run_id for p in parents}
+    assert {t.data.tags["mlflow.parentRunId"] for t in trials} <= parent_ids
+    assert sorted(t.info.run_id for t in trials) == sorted(rows["mlflow_run_id"])
+    for run in trials:
+        row = rows.set_index("mlflow_run_id").loc[run.info.run_id]
+        assert run.data.tags["trial_id"] == row["trial_id"]
+        assert run.data.params["defense"] == row["defense"]
+        assert len(run.data.params) >= 40  # the whole TrialConfig
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "ba")] == [1, 2]
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+        assert "figures/trigger_preview.png" in artifacts
+        assert "row.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+# -- fast: a couple of trials each ----------------------------------------------------------------
+def test_ablation_on_a_two_node_cluster(ray_cluster, sweep_script, tiny, tmp_path):
+    out = tmp_path / "out"
+    result = sweep_script("ablation.py", *tiny, "--attacks", "badnets", "--defenses", "none",
+                          "vab", "--address", ray_cluster.address, "--out", str(out),
+                          env=ray_cluster.env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = pd.read_parquet(out / "trials")
+    assert sorted(rows["defense"]) == ["none", "vab"]
+    assert set(rows["status"]) == {"ok"} and set(rows["sweep"]) == {"ablation-smoke"}
+    assert rows["poison_cached"].all()  # built once, before the trials
+    assert rows.loc[rows["defense"] == "vab", "victim_cached"].all()
+    history = pd.read_parquet(out / "history")
+    assert history.groupby("trial_id")["epoch"].max().tolist() == [2, 2]
+    check_nested_runs(MlflowClient(f"sqlite:///{out / 'mlflow.db'}"), "ablation-smoke", rows)
+    assert "[2/2]" in result.stdout and "| vab |" in result.stdout
+    assert "| none |" in (out / "grid.md").read_text()
+    assert "mlflow ui --backend-store-uri sqlite:///" in result.stdout
+
+
+def test_ablation_through_an_mlflow_server(ray_cluster, mlflow_server, sweep_script, tiny,
+                                           tmp_path):
+    out = tmp_path / "out"
+    result = sweep_script("ablation.py", *tiny, "--attacks", "blend", "--defenses", "F",
+                          "F+AT", "--sweep", "server-sweep", "--address", ray_cluster.address,
+                          "--mlflow-uri", mlflow_server, "--out", str(out), env=ray_cluster.env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = pd.read_parquet(out / "trials")
+    assert len(rows) == 2 and set(rows["status"]) == {"ok"}
+    client = MlflowClient(mlflow_server)
+    check_nested_runs(client, "server-sweep", rows)
+    parents, _ = trial_runs(client, "server-sweep")
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert not (out / "mlflow.db").exists()
+    folder = client.download_artifacts(rows["mlflow_run_id"][0], "figures", str(tmp_path))
+    assert Path(folder, "trigger_preview.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_killed_trial_resumes_and_failed_trial_does_not_stop_the_others(
+        ray_cluster, sweep_script, tiny, tmp_path):
+    out = tmp_path / "out"
+    faults = {"VB_SWEEP_FAULT_KILL_AT": "1:-F-", "VB_SWEEP_FAULT_RAISE_AT": "2:-none-"}
+    result = sweep_script("ablation.py", *tiny, "--attacks", "badnets", "--defenses", "none",
+                          "F", "--address", ray_cluster.address, "--out", str(out),
+                          env={**ray_cluster.env, **faults})
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = pd.read_parquet(out / "trials").set_index("defense")
+    assert rows.loc["F", "status"] == "ok"
+    assert "resuming after epoch 1" in result.stdout  # the retry continued the killed trial
+    killed_trial = next((out / "tune").glob(f"*/{rows.loc['F', 'trial_id']}"))
+    assert (killed_trial / "error.txt").exists()
+    history = pd.read_parquet(out / "history")
+    epochs = history[history["trial_id"] == rows.loc["F", "trial_id"]]["epoch"]
+    assert sorted(epochs) == [0, 1, 2]
+    assert rows.loc["none", "status"] == "failed"
+    assert "RuntimeError: injected fault at history record 2" in rows.loc["none", "error"]
+    grid = (out / "grid.md").read_text()
+    assert "Missing cells" in grid and "failed: RuntimeError: injected fault" in grid
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--attacks", "badnets", "nope"], "invalid attack: 'nope'"),
+    (["--defenses", "none", "F+AT+X"], "invalid defense variant: 'F+AT+X'"),
+    (["--t-f", "0.2", "1.5"], "invalid t_f: 1.5"),
+    (["--t-m", "-0.1"], "invalid t_m: -0.1"),
+    (["--address", "127.0.0.1:{closed_port}"], "invalid --address"),
+    (["--mlflow-uri", "http://127.0.0.1:{closed_port}"], "invalid --mlflow-uri"),
+    (["--sweep", "another", "--out", "{existing_sweep}"], "invalid --out"),
+    (["--out", "{existing_sweep}"], "or --resume to continue"),
+])
+def test_bad_options_fail_before_any_trial(args, message, sweep_script, closed_port,
+                                           tmp_path):
+    existing = tmp_path / "existing"
+    write_manifest(existing, manifest_for("ablation", "ablation-smoke", "smoke", {}))
+    args = [a.format(closed_port=closed_port, existing_sweep=existing) for a in args]
+    out = [] if "--out" in args else ["--out", str(tmp_path / "new")]
+    result = sweep_script("ablation.py", *args, *out, timeout_s=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("ablation.py: error: ") and message in result.stderr
+    assert not (tmp_path / "new" / "trials").exists()
+    assert not (existing / "trials").exists()
+
+
+def test_more_gpus_than_the_cluster_has_is_refused(ray_cluster, sweep_script, tmp_path):
+    result = sweep_script("ablation.py", "--gpus", "1", "--address", ray_cluster.address,
+                          "--out", str(tmp_path / "out"), env=ray_cluster.env, timeout_s=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("ablation.py: error: invalid --gpus: 1 "
+                                     "(allowed: at most the cluster's 0 GPU(s))")
+    assert not (tmp_path / "out").exists()
+
+
+def test_threshold_search_refuses_bad_ranges(sweep_script, tmp_path):
+    result = sweep_script("threshold_search.py", "--attack", "badnets", "--t-f-range", "0.3",
+                          "0.1", "--out", str(tmp_path / "out"), timeout_s=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("threshold_search.py: error: invalid --t-f-range: "
+                                     "[0.3, 0.1] (allowed: LOW < HIGH)")

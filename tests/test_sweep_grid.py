@@ -1,0 +1,188 @@
+"""The sweep's pieces that need no cluster: the grid of configurations and its checks, the output
+folder's manifest, the Table 4-style table, resource planning, the fault hooks, MLflow logging
+into a real SQLite store and the Optuna study's resume bookkeeping."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from vb_sweep.config import DEFENSES
+from vb_sweep.errors import ConfigError
+from vb_sweep.grid import (GridOptions, build_grid, build_table_grid, check_output_folder,
+                           manifest_for, write_grid_files, write_manifest)
+from vb_sweep.results import read_trials, write_trial
+from vb_sweep.sweep import base_spec, fault_injection, plan_resources, trial_spec
+from vb_sweep.tracking import SweepTracker, default_tracking_uri
+from vb_sweep.trial import trial_id_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+
+
+# -- the grid -------------------------------------------------------------------------------------
+def test_smoke_defaults_are_two_attacks_by_six_variants_by_one_seed():
+    configs = build_grid(GridOptions(preset="smoke"))
+    assert len(configs) == 12
+    assert {c.attack for c in configs} == {"badnets", "blend"}
+    assert [c.defense for c in configs[:6]] == list(DEFENSES)
+    assert {c.seed for c in configs} == {0}
+
+
+def test_every_axis_multiplies_the_grid_and_overrides_reach_every_cell():
+    configs = build_grid(GridOptions(
+        preset="smoke", attacks=["badnets"], defenses=["none", "vab"], seeds=[0, 1],
+        poison_rates=[0.05, 0.1], t_f=[0.1, 0.3], epochs=4,
+        overrides=["train_per_class=40", "lr=0.05"]))
+    assert len(configs) == 1 * 2 * 2 * 2 * 2
+    assert {(c.epochs, c.train_per_class, c.lr) for c in configs} == {(4, 40, 0.05)}
+    assert {c.mix_epochs for c in configs} == {2}  # the schedule is scaled to --epochs
+    assert len({trial_id_for(c) for c in configs}) == len(configs)
+
+
+@pytest.mark.parametrize("options, field", [
+    (GridOptions(attacks=["nope"]), "attack"),
+    (GridOptions(defenses=["F+AT", "F+X"]), "defense variant"),
+    (GridOptions(t_f=[1.5]), "t_f"),
+    (GridOptions(t_m=[-0.1]), "t_m"),
+    (GridOptions(poison_rates=[2.0]), "poison rate"),
+    (GridOptions(seeds=[0, 0]), "--seeds"),
+    (GridOptions(preset="huge"), "preset"),
+    (GridOptions(overrides=["no_such_field=1"]), "--set field"),
+    (GridOptions(overrides=["epochs=0"]), "epochs"),
+])
+def test_bad_options_name_their_field(options, field):
+    with pytest.raises(ConfigError) as caught:
+        build_grid(options)
+    assert caught.value.field == field
+    assert "\n" not in str(caught.value)
+
+
+# -- the output folder ----------------------------------------------------------------------------
+def test_an_output_folder_holds_one_sweep(tmp_path):
+    ours = manifest_for("ablation", "mine", "smoke", {})
+    check_output_folder(tmp_path, ours, resume=False)  # empty: fine
+    write_manifest(tmp_path, ours)
+    check_output_folder(tmp_path, ours, resume=True)
+    with pytest.raises(ConfigError, match="--resume"):
+        check_output_folder(tmp_path, ours, resume=False)
+    for other in (manifest_for("ablation", "theirs", "smoke", {}),
+                  manifest_for("ablation", "mine", "paper", {}),
+                  manifest_for("threshold_search", "mine", "smoke", {})):
+        for resume in (False, True):
+            with pytest.raises(ConfigError, match="choose another --out"):
+                check_output_folder(tmp_path, other, resume=resume)
+
+
+# -- the table ------------------------------------------------------------------------------------
+def finished_row(config, trial_id: str, ba: float, asr: float) -> dict:
+    return {"sweep": "t", "trial_id": trial_id, "attack": config.attack,
+            "defense": config.defense, "seed": config.seed, "status": "ok", "ba": ba,
+            "asr": asr}
+
+
+def test_table_has_variants_in_paper_order_and_names_missing_cells(tmp_path):
+    configs = build_grid(GridOptions(attacks=["blend", "badnets"], seeds=[0, 1],
+                                     defenses=["vab", "none", "F"]))
+    ids = [trial_id_for(c) for c in configs]
+    for config, trial_id in zip(configs, ids):
+        if config.defense == "F" and config.attack == "badnets":
+            if config.seed == 0:
+                write_trial(tmp_path, {**finished_row(config, trial_id, 0, 0),
+                                       "status": "failed", "ba": None, "asr": None,
+                                       "error": "Traceback ...\nRuntimeError: boom"}, [])
+            continue  # seed 1: never ran
+        write_trial(tmp_path, finished_row(config, trial_id, 0.9 - 0.1 * config.seed,
+                                           0.5 if config.defense == "none" else 0.02), [])
+    grid = build_table_grid(configs, ids, read_trials(tmp_path))
+    (table,) = grid.tables
+    assert list(table.frame.index) == ["none", "F", "vab"]
+    assert table.attacks == ["blend", "badnets"]
+    assert table.frame.loc["none", ("blend", "BA")] == pytest.approx(0.85)  # mean of 2 seeds
+    assert pd.isna(table.frame.loc["F", ("badnets", "ASR")])
+    assert len(grid.missing) == 2
+    assert any("failed: RuntimeError: boom" in line for line in grid.missing)
+    assert any("not finished" in line for line in grid.missing)
+    markdown, csv = write_grid_files(tmp_path, grid)
+    text = markdown.read_text()
+    assert "| none | 85.0 | 50.0 | 85.0 | 50.0 |" in text and "—" in text
+    frame = pd.read_csv(csv)
+    assert list(frame["defense"]) == ["none", "F", "vab"]
+    assert {"dataset", "t_f", "t_m", "blend_ba", "badnets_asr"} <= set(frame.columns)
+
+
+# -- resources ------------------------------------------------------------------------------------
+def test_fractional_gpus_and_cpu_only_plans():
+    gpu_cluster = {"CPU": 32.0, "GPU": 8.0}
+    plan = plan_resources(gpu_cluster, gpus=4, trials_per_gpu=2)
+    assert (plan.gpus_per_trial, plan.max_concurrent) == (0.5, 8)
+    assert plan_resources(gpu_cluster).max_concurrent == 8  # every GPU by default
+    cpu_cluster = {"CPU": 8.0}
+    plan = plan_resources(cpu_cluster, cpus=6, cpus_per_trial=2)
+    assert (plan.gpus_per_trial, plan.max_concurrent) == (0.0, 3)
+    assert plan_resources(cpu_cluster).max_concurrent == 8
+    for bad in ({"gpus": 9}, {"gpus": 1, "trials_per_gpu": 0}, {"cpus": 9},
+                {"cpus_per_trial": 16}):
+        cluster = gpu_cluster if "gpus" in bad else cpu_cluster
+        with pytest.raises(ConfigError):
+            plan_resources(cluster, **bad)
+
+
+# -- fault hooks ----------------------------------------------------------------------------------
+def test_fault_hooks_select_trials_by_id(monkeypatch, tmp_path):
+    config = build_grid(GridOptions(attacks=["badnets"], defenses=["F"]))[0]
+    monkeypatch.setenv("VB_SWEEP_FAULT_KILL_AT", "2:badnets-F-")
+    monkeypatch.setenv("VB_SWEEP_FAULT_RAISE_AT", "1:blend")
+    spec = base_spec("s", config, str(tmp_path), str(tmp_path))
+    assert spec["faults"] == {"kill_at_checkpoint": 2}
+    assert fault_injection("blend-vab-s0-x") == {"raise_at_record": 1}
+    assert trial_spec({"trial": spec, "t_f": 0.3})["config"]["t_f"] == 0.3
+
+
+# -- MLflow ---------------------------------------------------------------------------------------
+def test_tracker_writes_nested_runs_into_a_sqlite_store(tmp_path):
+    from mlflow import MlflowClient
+
+    config = build_grid(GridOptions(attacks=["badnets"], defenses=["vab"]))[0]
+    trial_id = trial_id_for(config)
+    history = [{"epoch": 0, "stage": "victim", "credible_size": 90, "filter_recall": 0.9},
+               {"epoch": 1, "stage": "mix", "ba": 0.5, "asr": 0.2, "loss": 1.0, "lr": 0.1},
+               {"epoch": 2, "stage": "sst", "ba": 0.7, "asr": 0.1, "loss": 0.5, "lr": 0.01}]
+    row = {"trial_id": trial_id, "status": "ok", "ba": 0.7, "asr": 0.1, "wall_s": 3.0}
+    uri = default_tracking_uri(tmp_path)
+    for invocation in range(2):  # the second replaces the first run of the same trial
+        tracker = SweepTracker(uri, "unit", artifact_root=tmp_path / "mlartifacts")
+        tracker.start_invocation("ablation", {"preset": "smoke"}, resume=invocation > 0)
+        run_id = tracker.log_trial(config.to_dict(), row, history, {"a.png": b"\x89PNG"})
+        tracker.finish_invocation()
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("unit")
+    trials = client.search_runs([experiment.experiment_id], "tags.trial_id = '%s'" % trial_id)
+    assert [run.info.run_id for run in trials] == [run_id]
+    run = client.get_run(run_id)
+    assert run.data.params["defense"] == "vab" and run.data.params["t_f"] == "0.2"
+    assert run.data.tags["mlflow.parentRunId"] == tracker.parent_run_id
+    assert [m.value for m in client.get_metric_history(run_id, "ba")] == [0.5, 0.7]
+    assert client.get_metric_history(run_id, "credible_size")[0].step == 0
+    assert {f.path for f in client.list_artifacts(run_id)} == {"figures", "row.json"}
+
+
+# -- Optuna ---------------------------------------------------------------------------------------
+def test_interrupted_study_trials_are_failed_and_requeued(tmp_path):
+    import optuna
+    from threshold_search import finished_trials, open_study, requeue_interrupted
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study, _ = open_study(url, "s")
+    space = {"t_f": optuna.distributions.FloatDistribution(0.1, 0.5)}
+    done = study.ask(space)
+    study.tell(done, [0.9, 0.1])
+    interrupted = study.ask(space)  # a killed driver leaves this one RUNNING
+    study, _ = open_study(url, "s")  # a new driver opens the same study
+    assert requeue_interrupted(study) == 1
+    assert finished_trials(study) == 1  # the interrupted one is run again, not counted
+    assert study.trials[interrupted.number].state.name == "FAIL"
+    again = study.ask(space)
+    assert again.params == interrupted.params

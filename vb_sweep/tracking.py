@@ -1,0 +1,170 @@
+"""MLflow tracking of a sweep: one experiment per sweep name, one parent run per invocation, one
+nested run per trial (its whole configuration as params, per-epoch metrics, its figures and its
+result row as artifacts).
+
+One process logs: the sweep's driver, from the rows, histories and figures the trials hand back.
+So the embedded default store, a SQLite file in the output folder, never sees two writers; with
+``--mlflow-uri http://HOST:PORT`` the same calls go to a shared ``mlflow server`` over HTTP.
+Browse the default store with ``mlflow ui --backend-store-uri sqlite:///OUT/mlflow.db``.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterable
+
+from vb_sweep.errors import ConfigError
+
+# History columns logged as per-epoch metrics (step = Beneficiary epoch; 0 is the Victim's
+# first split).
+EPOCH_METRICS = ("ba", "asr", "ra", "loss", "lr", "credible_size", "suspicious_size",
+                 "filter_precision", "filter_recall", "filter_auroc", "seconds", "images_per_s")
+# Row columns logged once as metrics of the trial's run.
+ROW_METRICS = ("ba", "asr", "ra", "filter_precision", "filter_recall", "filter_auroc",
+               "first_filter_precision", "first_filter_recall", "credible_size",
+               "suspicious_size", "num_train", "num_poisoned", "poison_s", "victim_s",
+               "beneficiary_s", "train_images_per_s", "wall_s")
+BATCH_METRICS = 1000   # mlflow.utils.validation.MAX_METRICS_PER_BATCH
+BATCH_PARAMS = 100     # mlflow.utils.validation.MAX_PARAMS_TAGS_PER_BATCH
+PARAM_LENGTH = 6000    # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
+TRIAL_TAG = "trial_id"
+ROLE_TAG = "vb_sweep.role"
+
+
+def default_tracking_uri(out: Path) -> str:
+    return f"sqlite:///{(Path(out) / 'mlflow.db').resolve()}"
+
+
+def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on an MLflow server that does not answer (its ``/health`` endpoint)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as reply:
+            if reply.status == 200:
+                return
+            reason = f"HTTP {reply.status}"
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = str(getattr(err, "reason", err))
+    raise ConfigError("--mlflow-uri", uri, f"a reachable MLflow server ({reason})")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def _batches(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class SweepTracker:
+    """The driver's MLflow writer for one invocation of one sweep."""
+
+    def __init__(self, tracking_uri: str, sweep: str, artifact_root: Path | None = None):
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.sweep = sweep
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.experiment_id = self._experiment(artifact_root)
+        self.parent_run_id: str | None = None
+
+    def _experiment(self, artifact_root: Path | None) -> str:
+        experiment = self.client.get_experiment_by_name(self.sweep)
+        if experiment is None:
+            location = Path(artifact_root).resolve().as_uri() if artifact_root else None
+            return self.client.create_experiment(self.sweep, artifact_location=location)
+        if experiment.lifecycle_stage == "deleted":
+            self.client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+
+    # -- the invocation ---------------------------------------------------------------------------
+    def start_invocation(self, kind: str, options: dict, resume: bool) -> str:
+        if resume:
+            self._close_interrupted_invocations()
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"{kind} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+            tags={ROLE_TAG: "invocation", "vb_sweep.kind": kind, "sweep": self.sweep,
+                  "resumed": str(resume)})
+        self.parent_run_id = run.info.run_id
+        self._log_params(self.parent_run_id, options)
+        return self.parent_run_id
+
+    def finish_invocation(self, status: str = "FINISHED") -> None:
+        if self.parent_run_id is not None:
+            self.client.set_terminated(self.parent_run_id, status)
+
+    def _close_interrupted_invocations(self) -> None:
+        """A killed driver leaves its parent run RUNNING; a resumed sweep marks it KILLED."""
+        stale = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{ROLE_TAG}` = 'invocation' and attributes.status = 'RUNNING'")
+        for run in stale:
+            self.client.set_terminated(run.info.run_id, "KILLED")
+
+    # -- trials -----------------------------------------------------------------------------------
+    def log_trial(self, config: dict, row: dict, history: list[dict],
+                  figures: dict[str, bytes]) -> str:
+        """One nested run holding the trial's params, metrics and artifacts; returns its id."""
+        self._drop_earlier_runs(row["trial_id"])
+        run = self.client.create_run(
+            self.experiment_id, run_name=row["trial_id"],
+            tags={"mlflow.parentRunId": self.parent_run_id, ROLE_TAG: "trial",
+                  TRIAL_TAG: row["trial_id"], "sweep": self.sweep, "status": row["status"],
+                  "attack": config.get("attack"), "defense": config.get("defense")})
+        run_id = run.info.run_id
+        self._log_params(run_id, config)
+        self._log_metrics(run_id, history, row)
+        if row.get("error"):
+            self.client.log_text(run_id, row["error"], "error.txt")
+        self._log_figures(run_id, figures)
+        self.client.log_dict(run_id, {**row, "mlflow_run_id": run_id}, "row.json")
+        self.client.set_terminated(run_id, "FINISHED" if row["status"] == "ok" else "FAILED")
+        return run_id
+
+    def _drop_earlier_runs(self, trial_id: str) -> None:
+        """A driver killed between logging a trial and writing its row leaves a run behind; the
+        trial's new run replaces it, so each trial has exactly one run."""
+        earlier = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.{TRIAL_TAG} = '{trial_id}'")
+        for run in earlier:
+            self.client.delete_run(run.info.run_id)
+
+    def _log_params(self, run_id: str, values: dict) -> None:
+        from mlflow.entities import Param
+
+        params = [Param(key, str(value)[:PARAM_LENGTH]) for key, value in sorted(values.items())]
+        for batch in _batches(params, BATCH_PARAMS):
+            self.client.log_batch(run_id, params=batch)
+
+    def _log_metrics(self, run_id: str, history: list[dict], row: dict) -> None:
+        from mlflow.entities import Metric
+
+        stamp = _now_ms()
+        metrics = [Metric(key, float(record[key]), stamp, int(record["epoch"]))
+                   for record in history for key in EPOCH_METRICS if _finite(record.get(key))]
+        final_step = max((int(r["epoch"]) for r in history), default=0)
+        metrics += [Metric(f"final_{key}", float(row[key]), stamp, final_step)
+                    for key in ROW_METRICS if _finite(row.get(key))]
+        for batch in _batches(metrics, BATCH_METRICS):
+            self.client.log_batch(run_id, metrics=batch)
+
+    def _log_figures(self, run_id: str, figures: dict[str, bytes]) -> None:
+        if not figures:
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            for name, content in figures.items():
+                path = Path(folder) / name
+                path.write_bytes(content)
+                self.client.log_artifact(run_id, str(path), "figures")

@@ -115,12 +115,14 @@ def command_run(args) -> int:
 
 def command_show_attacks(args) -> int:
     from vb_sweep.attacks import ATTACKS, build_attack
+    from vb_sweep.attacks.budgets import attack_budget
     from vb_sweep.cache import ArtifactCache
     from vb_sweep.data import load_dataset
     from vb_sweep.gallery import render_attack_gallery
 
     names = args.attacks or ATTACKS.names()
-    attacks = [build_attack(name, preset=args.attack_preset) for name in names]
+    attacks = [build_attack(name, preset=args.attack_preset,
+                            **attack_budget(args.preset, name)) for name in names]
     out = Path(args.out)
     check_writable(out.parent if str(out.parent) else Path("."))
     data = load_dataset(args.dataset, args.data_root)
@@ -149,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--data-root", default=None)
     show.add_argument("--attacks", nargs="*", default=None)
     show.add_argument("--attack-preset", default="vab_paper")
+    show.add_argument("--preset", default="smoke",
+                      help="run preset whose training budget the trained attacks use")
     show.add_argument("--cache-dir", default=None)
     show.add_argument("--out", default="attacks.png")
     show.set_defaults(handler=command_show_attacks)

@@ -30,6 +30,7 @@ import torch
 
 import vb_sweep
 from vb_sweep.attacks import PoisonedTrainSet, build_attack
+from vb_sweep.attacks.budgets import attack_budget
 from vb_sweep.augment import Normalizer
 from vb_sweep.cache import ArtifactCache
 from vb_sweep.config import TrialConfig
@@ -74,8 +75,10 @@ def load_trial_data(config: TrialConfig) -> DatasetSplits:
 
 
 def make_attack(config: TrialConfig, data: DatasetSplits):
+    """The trial's attack; trained attacks get their training budget from the run preset."""
     attack = build_attack(config.attack, target=config.target, poison_rate=config.poison_rate,
-                          seed=config.seed, preset=config.attack_preset)
+                          seed=config.seed, preset=config.attack_preset,
+                          **attack_budget(config.preset, config.attack))
     attack.check_target(data.train.num_classes)
     return attack
 

@@ -80,10 +80,10 @@ def run_and_report(session: SweepSession, configs, todo) -> int:
     status = "FAILED"
     try:
         session.start()
+        recorder = session.recorder(len(todo))
         if todo:
-            recorder = session.recorder(len(todo))
             session.run(grid_param_space([session.spec(config) for config in todo]), recorder)
-        status = "FINISHED"
+        status = recorder.invocation_status()
     except KeyboardInterrupt:
         status = "KILLED"
         raise

@@ -198,14 +198,15 @@ def search(session: SweepSession, study, storage, base, ranges, args) -> int:
         print(f"study {study_name!r} at {url}: {finished_trials(study)} trials done, "
               f"{max(remaining, 0)} to run" + (f" ({requeued} interrupted, requeued)"
                                                if requeued else ""), flush=True)
+        recorder = session.recorder(max(remaining, 0))
         if remaining > 0:
             concurrency = args.concurrency or session.resources.max_concurrent
             # A resumed search must not replay the sampler's random stream from the start.
             seed = args.sampler_seed + len(study.trials)
-            session.run({"trial": session.spec(base)}, session.recorder(remaining),
+            session.run({"trial": session.spec(base)}, recorder,
                         search_alg=searcher(storage, study_name, ranges, seed, concurrency),
                         num_samples=remaining, searched=SEARCHED)
-        status = "FINISHED"
+        status = recorder.invocation_status()
     except KeyboardInterrupt:
         status = "KILLED"
         raise

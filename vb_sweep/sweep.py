@@ -448,6 +448,11 @@ class TrialRecorder:
         print(progress_line(self.done, self.total, row), flush=True)
         return row
 
+    def invocation_status(self) -> str:
+        """The parent run's status: a run stopped by Ctrl-C (Tune returns normally) left
+        trials unrecorded."""
+        return "FINISHED" if self.done >= self.total else "KILLED"
+
     def _log_mlflow(self, spec, row, history, figures) -> str | None:
         if self.tracker is None:
             return None

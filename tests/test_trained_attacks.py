@@ -202,6 +202,8 @@ def test_cl_adversarial_images_and_clean_model_come_from_the_cache(cl, train, ca
     again.prepare(train, cache=cache)  # another patch: the same adversarial images
     assert cache.builds == []
     assert torch.equal(again.adversarial, cl.adversarial)
+    assert again.crafting_record == cl.crafting_record
+    assert 0 <= cl.crafting_record["adversarial_accuracy"] <= 1
     other_rate = build_attack("cl", target=1, poison_rate=0.25, **TINY_CL)
     other_rate.prepare(train, cache=cache)  # new images to perturb, the same clean network
     assert [key.rsplit("-", 1)[0] for key in cache.builds] == ["cl-adversarial"]

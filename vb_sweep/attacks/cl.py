@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from vb_sweep.attacks.badnets import VAB_PATCH, WHITE_3X3, BadNets
 from vb_sweep.attacks.base import Attack, PoisonedTrainSet
-from vb_sweep.attacks.dynamic import cpu_state, seeded
+from vb_sweep.attacks.dynamic import cached, cpu_state, seeded
 from vb_sweep.attacks.registry import register_attack
 from vb_sweep.augment import Normalizer
 from vb_sweep.data.base import ImageDataset
@@ -42,6 +42,7 @@ from vb_sweep.engine import StepSettings, plain_epoch
 from vb_sweep.errors import ConfigError, check_choice
 
 PGD_BATCH = 256
+ARTIFACT_VERSION = 2  # part of both cache keys: bump when an artifact's content changes
 
 TRAINING = {
     "epsilon": 16 / 255,
@@ -74,25 +75,28 @@ class CL(Attack):
         self.adversarial: torch.Tensor | None = None  # uint8, the poisoned images before the patch
         self.indices: torch.Tensor | None = None
         self.prepared_for: str | None = None           # fingerprint of the training set
+        self.crafting_record: dict[str, Any] = {}      # the clean network's accuracy on them
 
     def prepare(self, train: ImageDataset, cache=None, device: str = "cpu") -> None:
         """Train (or load) the clean network and craft (or load) the adversarial images."""
         self.check_target(train.num_classes)
         indices = self.poison_indices(train)
-        clean_parts = {"train": train.fingerprint(), "seed": self.seed,
-                       **{k: self.settings[k] for k in CLEAN_MODEL_SETTINGS}}
+        clean_parts = {"version": ARTIFACT_VERSION, "train": train.fingerprint(),
+                       "seed": self.seed, **{k: self.settings[k] for k in CLEAN_MODEL_SETTINGS}}
         adversarial_parts = {"clean_model": clean_parts, "indices": digest(indices),
                              **{k: self.settings[k] for k in PGD_SETTINGS}}
 
         def clean_model() -> dict[str, Any]:
             return train_clean_model(train, self.settings, self.seed, device)
 
-        def craft() -> torch.Tensor:
+        def craft() -> dict[str, Any]:
             network = cached(cache, "clean-model", clean_parts, clean_model)
             return craft_adversarial(network, train.images[indices], train.labels[indices],
                                      self.settings, train.num_classes, device)
 
-        self.adversarial = cached(cache, "cl-adversarial", adversarial_parts, craft)
+        artifact = cached(cache, "cl-adversarial", adversarial_parts, craft)
+        self.adversarial = artifact["images"]
+        self.crafting_record = {k: v for k, v in artifact.items() if k != "images"}
         self.indices = indices
         self.prepared_for = train.fingerprint()
 
@@ -136,7 +140,7 @@ def pgd_linf(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
             step = adv.detach() + step_size * grad.sign()
             adv = (x + (step - x).clamp(-epsilon, epsilon)).clamp(0, 1)
         out.append(quantize(batch, adv, epsilon))
-    return torch.cat(out) if out else images.clone()
+    return torch.cat(out)  # split() gives >= 1 chunk, even for no images
 
 
 def quantize(images: torch.Tensor, adversarial: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -147,16 +151,22 @@ def quantize(images: torch.Tensor, adversarial: torch.Tensor, epsilon: float) ->
 
 
 def craft_adversarial(network: dict[str, Any], images: torch.Tensor, labels: torch.Tensor,
-                      settings: dict[str, Any], num_classes: int, device: str) -> torch.Tensor:
+                      settings: dict[str, Any], num_classes: int, device: str) -> dict[str, Any]:
+    """PGD on the chosen images (the cache artifact), with the clean network's accuracy on them
+    before and after: a check that the perturbations do fool the network they were made on."""
     from vb_sweep.models import build_model
 
     model = build_model(settings["classifier"], num_classes).to(device)
     model.load_state_dict(network["state"])
     model.requires_grad_(False)
     normalize = Normalizer(network["mean"], network["std"], device)
-    adversarial = pgd_linf(model, images.to(device), labels.to(device), normalize,
-                           settings["epsilon"], settings["pgd_step_size"], settings["pgd_steps"])
-    return adversarial.cpu()
+    images, labels = images.to(device), labels.to(device)
+    adversarial = pgd_linf(model, images, labels, normalize, settings["epsilon"],
+                           settings["pgd_step_size"], settings["pgd_steps"])
+    return {"images": adversarial.cpu(),
+            "clean_accuracy": accuracy(model, images, labels, normalize),
+            "adversarial_accuracy": accuracy(model, adversarial, labels, normalize),
+            "clean_model_train_accuracy": network["train_accuracy"]}
 
 
 def train_clean_model(train: ImageDataset, settings: dict[str, Any], seed: int,
@@ -182,22 +192,18 @@ def train_clean_model(train: ImageDataset, settings: dict[str, Any], seed: int,
             stats = plain_epoch(model, optimizer, images, labels, indices, step)
             scheduler.step()
             history.append({"epoch": epoch + 1, "loss": stats.loss})
-        accuracy = train_accuracy(model, images, labels, step.normalize)
+        train_accuracy = accuracy(model, images, labels, step.normalize)
     return {"state": cpu_state(model), "mean": mean, "std": std, "history": history,
-            "train_accuracy": accuracy, "seconds": time.perf_counter() - started}
+            "train_accuracy": train_accuracy, "seconds": time.perf_counter() - started}
 
 
 @torch.no_grad()
-def train_accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                    normalize: Normalizer) -> float:
     model.eval()
     correct = sum(int((model(normalize(x)).argmax(1) == y).sum())
                   for x, y in zip(images.split(1024), labels.split(1024)))
     return correct / max(1, labels.numel())
-
-
-def cached(cache, kind: str, parts: dict[str, Any], build):
-    return build() if cache is None else cache.get_or_build(kind, parts, build)
 
 
 def digest(indices: torch.Tensor) -> str:

@@ -16,7 +16,9 @@ the authors' code (and BackdoorBench's copy of it):
 
 A triggered image is x + (G(x) - x) * M(x), with M(x) squashed to a nearly binary mask.
 Augmentation during generator training: random crop with ``crop_padding`` and horizontal flip
-(the authors also rotate by up to 10 degrees; left out, as it is not a batched op here).
+(the authors also rotate by up to 10 degrees; left out, as it is not a batched op here). After
+its stage each generator's BatchNorm statistics are recomputed over the training images, since
+both run in eval mode afterwards (``recalibrate_batch_norm``).
 
 The platform then poisons statically: ``poison_rate`` of the training set get their own trigger
 and the target label; ``cross_ratio`` times as many other samples get the pattern and mask of
@@ -51,6 +53,7 @@ from vb_sweep.errors import ConfigError, check_choice
 EPSILON = 1e-7
 GENERATOR_STEPS = 3  # down/up-sampling steps: images must be divisible by 2**3
 TRIGGER_CHUNK = 512  # images per generator pass when applying the trigger
+ARTIFACT_VERSION = 1  # part of the cache key: bump when the generators or their training change
 
 SETTINGS: dict[str, Any] = {
     "classifier": "preact_resnet18",  # trained jointly with G (the defense trains its own)
@@ -95,16 +98,15 @@ class Dynamic(Attack):
         """Train the generators, or load them from ``cache`` when trained before."""
         self.check_target(train.num_classes)
         check_image_size(train.images.shape)
-        parts = {"train": train.fingerprint(), "target": self.target, "seed": self.seed,
+        parts = {"version": ARTIFACT_VERSION, "train": train.fingerprint(), "target": self.target,
+                 "seed": self.seed,
                  "settings": {k: v for k, v in self.describe()["settings"].items()
                               if k not in POISONING_ONLY}}
 
         def build() -> dict[str, Any]:
             return train_generators(train, self.target, self.settings, self.seed, device)
 
-        artifact = build() if cache is None else cache.get_or_build(
-            "dynamic-generators", parts, build)
-        self.load_generators(artifact, device)
+        self.load_generators(cached(cache, "dynamic-generators", parts, build), device)
 
     def load_generators(self, artifact: dict[str, Any], device: str) -> None:
         channels = artifact["mean"].numel()
@@ -155,11 +157,7 @@ class Dynamic(Attack):
                 x = self.normalize(chunk.to(device))
                 patterns.append(self.pattern_gen(x).to(images.device))
                 masks.append(mask_threshold(self.mask_gen(x)).to(images.device))
-        if not patterns:
-            _, c, h, w = images.shape
-            empty = torch.empty(0, c, h, w, device=images.device)
-            return empty, empty[:, :1]
-        return torch.cat(patterns), torch.cat(masks)
+        return torch.cat(patterns), torch.cat(masks)  # split() gives >= 1 chunk, even for 0
 
     def require_prepared(self) -> None:
         if self.pattern_gen is None:
@@ -278,6 +276,7 @@ def train_mask_stage(mask_gen: nn.Module, images: torch.Tensor, normalize: Norma
                                              images.device):
             x1, x2 = augmented(images, batch1, normalize, settings), augmented(
                 images, batch2, normalize, settings)
+            # One pass for both halves (the authors make two; BN then sees 2B images, not B).
             masks1, masks2 = mask_threshold(mask_gen(torch.cat([x1, x2]))).chunk(2)
             loss_div = diversity_loss(x1, x2, masks1, masks2)
             loss_norm = F.relu(masks1 - settings["mask_density"]).mean()
@@ -384,6 +383,11 @@ def paired_batches(n: int, batch_size: int, device: torch.device):
     first = torch.randperm(n, device=device).split(batch_size)
     second = torch.randperm(n, device=device).split(batch_size)
     return zip(first, second)
+
+
+def cached(cache, kind: str, parts: dict[str, Any], build):
+    """``cache.get_or_build``, or just ``build()`` without a cache (notebooks, tests)."""
+    return build() if cache is None else cache.get_or_build(kind, parts, build)
 
 
 def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vb_sweep.augment import random_crop, random_flip
+from vb_sweep.augment import random_crop, random_flip, standard_augment
 from vb_sweep.config import VARIANTS, TrialConfig, scaled_schedule
 from vb_sweep.defense import lambda_u, learning_rate, stage_of
 from vb_sweep.engine import pseudo_labels, suppress, unlabeled_batch_size
@@ -196,6 +196,16 @@ def test_random_crop_is_a_window_of_the_padded_image():
     flipped = random_flip(images)
     for i in range(2):
         assert torch.equal(flipped[i], images[i]) or torch.equal(flipped[i], images[i].flip(2))
+
+
+def test_no_flip_keeps_crops_unmirrored_and_gtsrb_defaults_to_it():
+    torch.manual_seed(4)
+    images = torch.arange(64 * 3 * 4 * 4, dtype=torch.uint8).view(64, 3, 4, 4)
+    assert torch.equal(standard_augment(images, 0, flip=False), images)
+    assert not torch.equal(standard_augment(images, 0, flip=True), images)
+    assert TrialConfig(dataset="gtsrb").flip is False
+    assert TrialConfig(dataset="cifar10").flip is True
+    assert TrialConfig(dataset="gtsrb", horizontal_flip=True).flip is True
 
 
 def test_auroc_and_filter_quality():

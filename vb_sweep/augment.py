@@ -41,6 +41,7 @@ def random_flip(images: torch.Tensor) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
-def standard_augment(images: torch.Tensor, padding: int) -> torch.Tensor:
+def standard_augment(images: torch.Tensor, padding: int, flip: bool = True) -> torch.Tensor:
     """Random crop with padding and horizontal flip (METHOD.md section 2), on uint8."""
-    return random_flip(random_crop(images, padding))
+    cropped = random_crop(images, padding)
+    return random_flip(cropped) if flip else cropped

@@ -70,6 +70,7 @@ class TrialConfig:
     lr_milestones: tuple[int, ...] = (50, 100, 150)  # lr *= gamma after each of these epochs
     lr_gamma: float = 0.1
     crop_padding: int = 4
+    horizontal_flip: bool | None = None    # None: on, except for gtsrb (mirror-image classes)
     # -- Victim (METHOD.md section 1) ------------------------------------------------------
     victim_lr: float = 1e-3
     victim_weight_decay: float = 5e-4
@@ -94,6 +95,14 @@ class TrialConfig:
     @property
     def flags(self) -> VariantFlags:
         return VARIANTS[self.defense]
+
+    @property
+    def flip(self) -> bool:
+        """GTSRB has classes that are mirror images of each other (turn left/right, ...), so a
+        horizontal flip would swap their labels; every other dataset flips by default."""
+        if self.horizontal_flip is not None:
+            return self.horizontal_flip
+        return self.dataset != "gtsrb"
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))

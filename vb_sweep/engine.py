@@ -29,6 +29,7 @@ class StepSettings:
     augment: str = "attentionmix"
     t_m: float = 0.1
     interpolation: str = "bilinear"
+    flip: bool = True                # horizontal flip in the standard augmentation
 
 
 @dataclass
@@ -44,7 +45,7 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 
 def _inputs(images_uint8: torch.Tensor, settings: StepSettings) -> torch.Tensor:
     if settings.padding is not None:
-        images_uint8 = standard_augment(images_uint8, settings.padding)
+        images_uint8 = standard_augment(images_uint8, settings.padding, settings.flip)
     return settings.normalize(images_uint8)
 
 

@@ -170,7 +170,7 @@ def step_settings(config: TrialConfig, data: DatasetSplits, device: str, batch_s
     use_bf16 = config.amp and device.startswith("cuda")
     return StepSettings(Normalizer(mean, std, device), batch_size, padding,
                         torch.bfloat16 if use_bf16 else None, config.augment, config.t_m,
-                        config.attention_interpolation)
+                        config.attention_interpolation, config.flip)
 
 
 # -- the trial ----------------------------------------------------------------------------------

@@ -77,18 +77,9 @@ def main(argv: list[str] | None = None) -> int:
 def run_and_report(session: SweepSession, configs, todo) -> int:
     from vb_sweep.trial import trial_id_for
 
-    status = "FAILED"
-    try:
-        session.start()
-        recorder = session.recorder(len(todo))
+    with session.invocation(len(todo)) as recorder:
         if todo:
             session.run(grid_param_space([session.spec(config) for config in todo]), recorder)
-        status = recorder.invocation_status()
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        session.close(status)
     grid = build_table_grid(configs, [trial_id_for(c) for c in configs], read_trials(session.out))
     markdown, csv = write_grid_files(session.out, grid)
     print("\n" + grid.markdown())

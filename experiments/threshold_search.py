@@ -190,15 +190,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def search(session: SweepSession, study, storage, base, ranges, args) -> int:
     study_name, url = study.study_name, storage_url(args, session.out)
-    status = "FAILED"
-    try:
-        session.start()
-        requeued = requeue_interrupted(study) if args.resume else 0
-        remaining = args.n_trials - finished_trials(study)
-        print(f"study {study_name!r} at {url}: {finished_trials(study)} trials done, "
-              f"{max(remaining, 0)} to run" + (f" ({requeued} interrupted, requeued)"
-                                               if requeued else ""), flush=True)
-        recorder = session.recorder(max(remaining, 0))
+    requeued = requeue_interrupted(study) if args.resume else 0
+    remaining = args.n_trials - finished_trials(study)
+    print(f"study {study_name!r} at {url}: {finished_trials(study)} trials done, "
+          f"{max(remaining, 0)} to run" + (f" ({requeued} interrupted, requeued)"
+                                           if requeued else ""), flush=True)
+    with session.invocation(max(remaining, 0)) as recorder:
         if remaining > 0:
             concurrency = args.concurrency or session.resources.max_concurrent
             # A resumed search must not replay the sampler's random stream from the start.
@@ -206,12 +203,6 @@ def search(session: SweepSession, study, storage, base, ranges, args) -> int:
             session.run({"trial": session.spec(base)}, recorder,
                         search_alg=searcher(storage, study_name, ranges, seed, concurrency),
                         num_samples=remaining, searched=SEARCHED)
-        status = recorder.invocation_status()
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        session.close(status)
     return report(session, study_name, url, base)
 
 

@@ -674,6 +674,22 @@ class SweepSession:
             self.tracker.finish_invocation(status)
         ray.shutdown()
 
+    @contextmanager
+    def invocation(self, total: int):
+        """``start()``, yield the recorder of ``total`` trials, then ``close()`` with the
+        invocation's status: what the recorder saw, KILLED on Ctrl-C, FAILED on an error."""
+        status = "FAILED"
+        try:
+            self.start()
+            recorder = self.recorder(total)
+            yield recorder
+            status = recorder.invocation_status()
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            self.close(status)
+
     def shared_folder_note(self) -> str | None:
         """Joining a cluster with the single-machine defaults deserves a reminder."""
         if self.options.address and not (self.options.storage and self.options.cache_dir):

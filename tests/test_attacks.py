@@ -136,6 +136,18 @@ def test_blend_pattern_from_an_image_file(tmp_path):
     assert (out[:, 0] == 110).all() and (out[:, 1] == 90).all() and (out[:, 2] == 95).all()
 
 
+def test_blend_pattern_file_content_is_part_of_its_description(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "pattern.png"
+    Image.new("RGB", (8, 8), (200, 0, 50)).save(path)
+    before = build_attack("blend", pattern_path=str(path)).describe()
+    Image.new("RGB", (8, 8), (0, 200, 50)).save(path)
+    after = build_attack("blend", pattern_path=str(path)).describe()
+    assert before["settings"]["pattern_path"] == after["settings"]["pattern_path"]
+    assert before != after  # same path, new content: a new cache key
+
+
 def test_blend_missing_pattern_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="blend setting pattern_path"):
         build_attack("blend", pattern_path=str(tmp_path / "missing.png"))

@@ -39,8 +39,8 @@ from vb_sweep.data.stats import channel_stats
 from vb_sweep.defense import BeneficiaryData, EvalSet, run_beneficiary
 from vb_sweep.engine import StepSettings
 from vb_sweep.figures import entropy_histogram_png, trigger_preview_png
-from vb_sweep.models import build_model
-from vb_sweep.victim import VictimSettings, VictimTrajectory, run_victim
+from vb_sweep.models import MODELS_VERSION, build_model
+from vb_sweep.victim import VICTIM_ARTIFACT_VERSION, VictimSettings, VictimTrajectory, run_victim
 
 
 @dataclass
@@ -114,7 +114,8 @@ def victim_cache_parts(config: TrialConfig, data: DatasetSplits) -> dict:
               "warm_up", "warm_up_step", "entropy_smoothing", "resplit_every", "epochs",
               "mix_epochs", "victim_temperature")
     values = config.to_dict()
-    return {"poison": poison_cache_parts(config, data), **{name: values[name] for name in fields}}
+    return {"poison": poison_cache_parts(config, data), "version": VICTIM_ARTIFACT_VERSION,
+            "models": MODELS_VERSION, **{name: values[name] for name in fields}}
 
 
 def prepare_victim(config: TrialConfig, cache: ArtifactCache, device: str | None = None,

@@ -16,6 +16,9 @@ import torch.nn.functional as F
 from vb_sweep.engine import StepSettings, plain_epoch
 from vb_sweep.metrics import iterate_logits
 
+# Part of the trajectory's cache key: bump when how it is computed changes.
+VICTIM_ARTIFACT_VERSION = 1
+
 
 def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
     """-sum_k p_k log p_k from log_softmax, so it cannot be NaN for finite logits."""

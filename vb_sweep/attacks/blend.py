@@ -6,7 +6,9 @@ of the poisoning seed) at the images' size, or the image file ``pattern_path`` r
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,6 +37,14 @@ class Blend(Attack):
             raise ConfigError("blend setting pattern_path", path, "an existing image file")
         self._patterns: dict[tuple[int, int, int], torch.Tensor] = {}
 
+    def describe(self) -> dict[str, Any]:
+        """With a pattern file, its content's digest too: a changed file is a new attack."""
+        description = super().describe()
+        path = self.settings["pattern_path"]
+        if path is not None:
+            digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            description["settings"]["pattern_sha256"] = digest
+        return description
 
     def apply_trigger(self, images: torch.Tensor) -> torch.Tensor:
         pattern = self.pattern(*images.shape[1:]).to(images.device, torch.float64)

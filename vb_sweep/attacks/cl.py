@@ -33,13 +33,14 @@ import torch.nn.functional as F
 
 from vb_sweep.attacks.badnets import VAB_PATCH, WHITE_3X3, BadNets
 from vb_sweep.attacks.base import Attack, PoisonedTrainSet
-from vb_sweep.attacks.dynamic import cached, cpu_state, seeded
 from vb_sweep.attacks.registry import register_attack
+from vb_sweep.attacks.training import cached, cpu_state, seeded
 from vb_sweep.augment import Normalizer
 from vb_sweep.data.base import ImageDataset
 from vb_sweep.data.stats import channel_stats
 from vb_sweep.engine import StepSettings, plain_epoch
 from vb_sweep.errors import ConfigError, check_choice
+from vb_sweep.models import MODELS_VERSION
 
 PGD_BATCH = 256
 ARTIFACT_VERSION = 2  # part of both cache keys: bump when an artifact's content changes
@@ -81,8 +82,9 @@ class CL(Attack):
         """Train (or load) the clean network and craft (or load) the adversarial images."""
         self.check_target(train.num_classes)
         indices = self.poison_indices(train)
-        clean_parts = {"version": ARTIFACT_VERSION, "train": train.fingerprint(),
-                       "seed": self.seed, **{k: self.settings[k] for k in CLEAN_MODEL_SETTINGS}}
+        clean_parts = {"version": ARTIFACT_VERSION, "models": MODELS_VERSION,
+                       "train": train.fingerprint(), "seed": self.seed,
+                       **{k: self.settings[k] for k in CLEAN_MODEL_SETTINGS}}
         adversarial_parts = {"clean_model": clean_parts, "indices": digest(indices),
                              **{k: self.settings[k] for k in PGD_SETTINGS}}
 

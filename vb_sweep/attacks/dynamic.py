@@ -36,7 +36,6 @@ generated data; ``train_images`` trains the generators on a seeded subset of the
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -45,10 +44,12 @@ from torch import nn
 
 from vb_sweep.attacks.base import Attack, PoisonedTrainSet
 from vb_sweep.attacks.registry import register_attack
+from vb_sweep.attacks.training import cached, cpu_state, seeded
 from vb_sweep.augment import Normalizer, standard_augment
 from vb_sweep.data.base import ImageDataset
 from vb_sweep.data.stats import channel_stats
 from vb_sweep.errors import ConfigError, check_choice
+from vb_sweep.models import MODELS_VERSION
 
 EPSILON = 1e-7
 GENERATOR_STEPS = 3  # down/up-sampling steps: images must be divisible by 2**3
@@ -98,8 +99,8 @@ class Dynamic(Attack):
         """Train the generators, or load them from ``cache`` when trained before."""
         self.check_target(train.num_classes)
         check_image_size(train.images.shape)
-        parts = {"version": ARTIFACT_VERSION, "train": train.fingerprint(), "target": self.target,
-                 "seed": self.seed,
+        parts = {"version": ARTIFACT_VERSION, "models": MODELS_VERSION,
+                 "train": train.fingerprint(), "target": self.target, "seed": self.seed,
                  "settings": {k: v for k, v in self.describe()["settings"].items()
                               if k not in POISONING_ONLY}}
 
@@ -383,25 +384,6 @@ def paired_batches(n: int, batch_size: int, device: torch.device):
     first = torch.randperm(n, device=device).split(batch_size)
     second = torch.randperm(n, device=device).split(batch_size)
     return zip(first, second)
-
-
-def cached(cache, kind: str, parts: dict[str, Any], build):
-    """``cache.get_or_build``, or just ``build()`` without a cache (notebooks, tests)."""
-    return build() if cache is None else cache.get_or_build(kind, parts, build)
-
-
-def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-
-
-@contextmanager
-def seeded(seed: int, device: str):
-    """Seed torch's global generators for a training run, and restore them afterwards, so that
-    preparing an attack neither depends on nor disturbs the caller's random state."""
-    cuda = [torch.device(device).index or 0] if str(device).startswith("cuda") else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
-        yield
 
 
 # -- settings checks ----------------------------------------------------------------------------

@@ -7,4 +7,8 @@ of its last convolutional block (B, C, h, w) — what AttentionMix's attention i
 
 from vb_sweep.models.registry import MODELS, build_model
 
-__all__ = ["MODELS", "build_model"]
+# Part of the cache key of every artifact a model is trained for (Victim trajectories, the
+# trained attacks' networks): bump when a model's architecture or initialisation changes.
+MODELS_VERSION = 1
+
+__all__ = ["MODELS", "MODELS_VERSION", "build_model"]

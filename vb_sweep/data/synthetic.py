@@ -6,10 +6,12 @@ is drawn from one seeded generator and rendered with batched tensor ops (one loo
 classes, none over images), so the same arguments give byte-identical images, 5,000 of them
 in a fraction of a second.
 
-Difficulty is set so that a small CNN reaches roughly 0.9 test accuracy after a few epochs on a
-few thousand images: small objects, low contrast and similar classes (disc/ring, checker/dots,
-the stripe orientations) keep it from being trivial, while the noise stays low enough that a
-2x2 trigger patch is still plainly visible.
+Difficulty comes from the objects, not from noise: small objects, low contrast and similar
+classes (disc/ring, checker/dots, the stripe orientations) make the first epochs non-trivial,
+and the small CNN of the smoke preset ends near 0.99 test accuracy after 8 epochs on 5,000
+images. The pixel noise is kept low (about 2.5/255, sensor-like) on purpose: at 0.05 (13/255)
+it buried the Blend trigger (a 0.1-weighted noise image, about 8/255 per pixel), whose no-defense
+ASR stayed at 0.09 on the smoke preset; at 0.01 it reaches 0.99, as on natural images.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ TRAIN_SEED, TEST_SEED = 0, 1
 RADIUS_RANGE = (3.5, 9.0)
 MIN_CONTRAST = 0.3          # least RGB distance between object and background colour
 BACKGROUND_AMPLITUDE = 0.15
-PIXEL_NOISE_STD = 0.05
+PIXEL_NOISE_STD = 0.01
 
 
 def load_synthetic(root: Path | None = None, *, download: bool = False,

@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from analysis import plots, tables
+from conftest import REPO, TINY, run_script
 from vb_sweep.grid import manifest_for, write_manifest
 
 
@@ -40,23 +42,65 @@ def check_nested_runs(client: MlflowClient, sweep: str, rows: pd.DataFrame) -> N
 
 
 # -- fast: a couple of trials each ----------------------------------------------------------------
-def test_ablation_on_a_two_node_cluster(ray_cluster, sweep_script, tiny, tmp_path):
-    out = tmp_path / "out"
-    result = sweep_script("ablation.py", *tiny, "--attacks", "badnets", "--defenses", "none",
-                          "vab", "--address", ray_cluster.address, "--out", str(out),
-                          env=ray_cluster.env)
+@pytest.fixture(scope="module")
+def cluster_sweep(ray_cluster, tmp_path_factory):
+    """BadNets x (none, vab) x seeds 0 and 1 on the two-node cluster: (output folder, process)."""
+    out = tmp_path_factory.mktemp("cluster-sweep") / "out"
+    result = run_script("ablation.py", *TINY, "--attacks", "badnets", "--defenses", "none",
+                        "vab", "--seeds", "0", "1", "--address", ray_cluster.address,
+                        "--out", str(out), env=ray_cluster.env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out, result
+
+
+def test_ablation_on_a_two_node_cluster(cluster_sweep):
+    out, result = cluster_sweep
     rows = pd.read_parquet(out / "trials")
-    assert sorted(rows["defense"]) == ["none", "vab"]
+    assert sorted(rows["defense"]) == ["none", "none", "vab", "vab"]
     assert set(rows["status"]) == {"ok"} and set(rows["sweep"]) == {"ablation-smoke"}
     assert rows["poison_cached"].all()  # built once, before the trials
     assert rows.loc[rows["defense"] == "vab", "victim_cached"].all()
     history = pd.read_parquet(out / "history")
-    assert history.groupby("trial_id")["epoch"].max().tolist() == [2, 2]
+    assert history.groupby("trial_id")["epoch"].max().tolist() == [2] * 4
     check_nested_runs(MlflowClient(f"sqlite:///{out / 'mlflow.db'}"), "ablation-smoke", rows)
-    assert "[2/2]" in result.stdout and "| vab |" in result.stdout
+    assert "[4/4]" in result.stdout and "| vab |" in result.stdout
     assert "| none |" in (out / "grid.md").read_text()
     assert "mlflow ui --backend-store-uri sqlite:///" in result.stdout
+
+
+def test_analysis_of_the_cluster_sweep(cluster_sweep, tmp_path, monkeypatch):
+    """The Table 4 grid, the figures and the notebook on a real sweep's Parquet output."""
+    out, _ = cluster_sweep
+    rows = pd.read_parquet(out / "trials").set_index(["defense", "seed"])
+    grid = tables.ablation_grid(tables.load_trials(out)).set_index("defense")
+    for defense in ("none", "vab"):
+        cell = grid.loc[defense]
+        assert cell["n"] == 2
+        for metric in ("ba", "asr", "ra"):
+            values = rows.loc[defense][metric]
+            assert cell[f"{metric}_mean"] == pytest.approx(values.mean())
+            assert cell[f"{metric}_std"] == pytest.approx(values.std(ddof=1))
+    ders = [tables.der(rows.loc[("none", seed), "ba"], rows.loc[("none", seed), "asr"],
+                       rows.loc[("vab", seed), "ba"], rows.loc[("vab", seed), "asr"])
+            for seed in (0, 1)]
+    assert grid.loc["vab", "der_n"] == 2
+    assert grid.loc["vab", "der_mean"] == pytest.approx(sum(ders) / 2)
+
+    figures = plots.render_all(out, tmp_path / "figures")
+    assert {"variant_bars.png", "entropy_histogram_badnets.svg",
+            "filter_quality_badnets.png"} <= {path.name for path in figures}
+    assert all(path.stat().st_size > 1000 for path in figures)
+
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.setenv("VB_SWEEP_RESULTS", str(out))
+    monkeypatch.setenv("VB_SWEEP_FIGURES", str(tmp_path / "notebook-figures"))
+    notebook = nbformat.read(REPO / "analysis" / "results.ipynb", as_version=4)
+    nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(REPO / "analysis")}}).execute()
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs)
 
 
 def test_ablation_through_an_mlflow_server(ray_cluster, mlflow_server, sweep_script, tiny,

@@ -153,6 +153,21 @@ TINY = ("--preset", "smoke", "--epochs", "2",
         "--set", "train_per_class=40", "test_per_class=20", "warm_up=2")
 
 
+def run_notebook(results: Path, figures: Path, monkeypatch) -> list[dict]:
+    """Execute analysis/results.ipynb on a results folder; return its cells' outputs, after
+    checking that no cell raised."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.setenv("VB_SWEEP_RESULTS", str(results))
+    monkeypatch.setenv("VB_SWEEP_FIGURES", str(figures))
+    notebook = nbformat.read(REPO / "analysis" / "results.ipynb", as_version=4)
+    nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(REPO / "analysis")}}).execute()
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    return outputs
+
+
 def run_script(name: str, *args: str, env: dict | None = None, timeout_s: float = 600):
     """``python experiments/NAME ARGS`` as a user runs it; returns the CompletedProcess."""
     return subprocess.run([sys.executable, str(REPO / "experiments" / name), *args],

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from analysis import ablation_table, plots, tables  # noqa: E402
+from conftest import run_notebook  # noqa: E402
 from vb_sweep.config import DEFENSES  # noqa: E402
 from vb_sweep.errors import ConfigError  # noqa: E402
 from vb_sweep.results import HISTOGRAM_BINS, write_trial  # noqa: E402
@@ -373,16 +374,9 @@ def test_search_without_a_second_variant_has_no_bars(search_results, tmp_path, c
 # The notebook
 
 def test_notebook_runs_end_to_end(rows, tmp_path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
     small = [r for r in rows if r["attack"] == "badnets" and r["defense"] in ("none", "vab")]
-    monkeypatch.setenv("VB_SWEEP_RESULTS", str(write_results(tmp_path / "results", small)))
-    monkeypatch.setenv("VB_SWEEP_FIGURES", str(tmp_path / "figures"))
-    notebook = nbformat.read(ROOT / "analysis" / "results.ipynb", as_version=4)
-    nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3",
-                            resources={"metadata": {"path": str(ROOT / "analysis")}}).execute()
-    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
+    outputs = run_notebook(write_results(tmp_path / "results", small), tmp_path / "figures",
+                           monkeypatch)
     assert any("image/png" in o.get("data", {}) for o in outputs)
     assert any("vb-sweep-grid" in o.get("data", {}).get("text/html", "") for o in outputs)
     assert (tmp_path / "figures" / "variant_bars.png").exists()

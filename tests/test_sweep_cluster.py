@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from analysis import plots, tables
-from conftest import REPO, TINY, run_script
+from conftest import TINY, run_notebook, run_script
 from vb_sweep.grid import manifest_for, write_manifest
 
 
@@ -91,15 +91,7 @@ def test_analysis_of_the_cluster_sweep(cluster_sweep, tmp_path, monkeypatch):
             "filter_quality_badnets.png"} <= {path.name for path in figures}
     assert all(path.stat().st_size > 1000 for path in figures)
 
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    monkeypatch.setenv("VB_SWEEP_RESULTS", str(out))
-    monkeypatch.setenv("VB_SWEEP_FIGURES", str(tmp_path / "notebook-figures"))
-    notebook = nbformat.read(REPO / "analysis" / "results.ipynb", as_version=4)
-    nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3",
-                            resources={"metadata": {"path": str(REPO / "analysis")}}).execute()
-    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
+    outputs = run_notebook(out, tmp_path / "notebook-figures", monkeypatch)
     assert any("image/png" in o.get("data", {}) for o in outputs)
 
 

@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vb_sweep.attacks import build_attack  # noqa: E402
 from vb_sweep.config import preset_config  # noqa: E402
-from vb_sweep.engine import SSTSettings, mix_epoch, plain_epoch, sst_epoch  # noqa: E402
+from vb_sweep.engine import (SSTSettings, mix_epoch, plain_epoch, sst_epoch,  # noqa: E402
+                             unlabeled_batch_size)
 from vb_sweep.metrics import iterate_logits  # noqa: E402
 from vb_sweep.models import build_model  # noqa: E402
 from vb_sweep.trial import load_trial_data, place_model, resolve_device, step_settings  # noqa: E402
@@ -136,16 +137,23 @@ def main(argv=None) -> int:
     report("victim epoch", seconds, n, n, 0, victim_rates)
     seconds = timed(lambda: plain_epoch(model, optimizer, images, labels, everything, step), device)
     report("plain epoch", seconds, n, n, 0, rates)
+    # The mixing stages train on two views per image (SST also on K views of an unlabeled
+    # batch): the bare model is timed at those batch sizes, as per-image speed depends on them.
     m = credible.numel()
+    mix_rates = bare_rates(model, 2 * config.batch_size, shape, device, step.autocast_dtype)
     seconds = timed(lambda: mix_epoch(model, optimizer, images, labels, credible,
                                       data.train.num_classes, step), device)
-    report("attentionmix epoch", seconds, 2 * m, 2 * m, 2 * m, rates)
+    report("attentionmix epoch", seconds, 2 * m, 2 * m, 2 * m, mix_rates)
     sst = SSTSettings(config.sst_augmentations, 0.5, None, True, True)
     u = suspicious.numel()
+    _, u_batch = unlabeled_batch_size(m, u, config.batch_size)
+    sst_rates = bare_rates(model, 2 * config.batch_size + config.sst_augmentations * u_batch,
+                           shape, device, step.autocast_dtype)
     seconds = timed(lambda: sst_epoch(model, optimizer, images, labels, credible, suspicious,
                                       victim_soft, data.train.num_classes, step, sst), device)
     trained = 2 * m + config.sst_augmentations * u
-    report("sst epoch", seconds, trained, trained, 2 * m, rates)
+    # Its attention pass is a no-grad forward of the labeled batch's two views.
+    report("sst epoch", seconds, trained, trained, 2 * m, (sst_rates[0], mix_rates[1]))
     return 0
 
 

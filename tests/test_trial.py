@@ -81,6 +81,18 @@ def test_same_seed_same_result_on_cpu(tmp_path):
     assert [r["loss"] for r in a.history] == [r["loss"] for r in b.history]
 
 
+def test_row_records_the_attacks_own_poison_rate(tmp_path):
+    """SIG's default rate is 10% of the target class: the row says 0.1 like a dirty-label
+    attack's 10%, so both land in one Table 4 section; num_poisoned has the count."""
+    cache = ArtifactCache(tmp_path / "cache")
+    sig = run_trial(tiny_config(attack="sig", defense="none", **scaled_schedule(1)),
+                    cache=cache).row
+    badnets = run_trial(tiny_config(attack="badnets", defense="none", **scaled_schedule(1)),
+                        cache=cache).row
+    assert sig["poison_rate"] == badnets["poison_rate"] == pytest.approx(0.1)
+    assert sig["num_poisoned"] == 1 and badnets["num_poisoned"] == 12  # of 12 and of 120
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "vb_sweep.cli", *args],
                           capture_output=True, text=True, timeout=120)

@@ -226,12 +226,17 @@ def run_trial(config: TrialConfig, *, cache: ArtifactCache | None = None, sweep:
                "beneficiary_s": time.perf_counter() - beneficiary_started,
                "wall_s": time.perf_counter() - started,
                "poison_cached": poison_cached, "victim_cached": victim_cached}
-    row = trial_row(config, sweep, trial_id, history, train, timings, device)
+    row = trial_row(config, sweep, trial_id, history, poison, timings, device)
     return TrialResult(row, history, trial_figures(history, poison, data))
 
 
 def trial_row(config: TrialConfig, sweep: str, trial_id: str, history: list[dict],
-              train: PoisonedTrainSet, timings: dict, device: str) -> dict:
+              poison: PreparedPoison, timings: dict, device: str) -> dict:
+    """The trial's Parquet row. ``poison_rate`` is the attack's rate in its own meaning (a
+    share of the whole set for dirty-label attacks, of the target class for clean-label ones),
+    so every attack of a sweep at its default rate lands in the same Table 4 section;
+    ``num_poisoned`` is the count."""
+    train = poison.train
     final = history[-1]
     splits = [r for r in history if "filter_recall" in r]
     first_split, last_split = (splits[0], splits[-1]) if splits else ({}, {})
@@ -239,8 +244,7 @@ def trial_row(config: TrialConfig, sweep: str, trial_id: str, history: list[dict
     return {
         "sweep": sweep, "trial_id": trial_id, "dataset": config.dataset, "model": config.model,
         "attack": config.attack, "attack_preset": config.attack_preset,
-        "poison_rate": float(train.poisoned.float().mean()) if config.poison_rate is None
-        else config.poison_rate,
+        "poison_rate": poison.attack["poison_rate"],
         "target": config.target, "defense": config.defense, "augment": config.augment,
         "t_f": config.t_f, "t_m": config.t_m, "seed": config.seed, "preset": config.preset,
         "ba": final["ba"], "asr": final["asr"], "ra": final["ra"],

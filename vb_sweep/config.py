@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from vb_sweep.errors import ConfigError, check_choice, check_fraction
+from vb_sweep.errors import ConfigError, check_choice, check_fraction, check_number
 
 DEFENSES = ("none", "F", "F+AT", "F+AT+SST", "F+AT+SST+S", "vab")
 AUGMENTS = ("attentionmix", "mixup", "cutmix", "attentive_cutmix")
@@ -142,25 +142,19 @@ class TrialConfig:
         check_fraction("entropy_smoothing", self.entropy_smoothing)
         check_choice("attention_interpolation", self.attention_interpolation,
                      ATTENTION_INTERPOLATIONS)
-        _check_positive_int("seed", self.seed, allow_zero=True)
-        _check_positive_int("target", self.target, allow_zero=True)
+        check_number("seed", self.seed, integer=True, minimum=0)
+        check_number("target", self.target, integer=True, minimum=0)
         for name in ("epochs", "batch_size", "victim_batch_size", "warm_up", "resplit_every",
                      "sst_augmentations", "eval_batch_size"):
-            _check_positive_int(name, getattr(self, name))
+            check_number(name, getattr(self, name), integer=True, minimum=1)
         if not 0 <= self.mix_epochs <= self.epochs:
             raise ConfigError("mix_epochs", self.mix_epochs, f"0..epochs ({self.epochs})")
         for name in ("train_per_class", "test_per_class"):
             if getattr(self, name) is not None:
-                _check_positive_int(name, getattr(self, name))
+                check_number(name, getattr(self, name), integer=True, minimum=1)
         if self.victim_temperature <= 0:
             raise ConfigError("victim_temperature", self.victim_temperature, "a number > 0")
         return self
-
-
-def _check_positive_int(name: str, value, allow_zero: bool = False) -> None:
-    low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(name, value, f"an integer >= {low}")
 
 
 def scaled_schedule(epochs: int) -> dict[str, Any]:

@@ -36,3 +36,15 @@ def check_fraction(field: str, value) -> float:
     if not 0.0 <= number <= 1.0:
         raise ConfigError(field, value, "a number in [0, 1]")
     return number
+
+
+def check_number(field: str, value, *, integer: bool = False, minimum: float = 0,
+                 maximum: float | None = None):
+    """``value`` must be a number (an int when ``integer``; never a bool) in [minimum, maximum]."""
+    kinds = (int,) if integer else (int, float)
+    if (isinstance(value, bool) or not isinstance(value, kinds) or value < minimum
+            or (maximum is not None and value > maximum)):
+        kind = "an integer" if integer else "a number"
+        allowed = f"{kind} >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+        raise ConfigError(field, value, allowed)
+    return value

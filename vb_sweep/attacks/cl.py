@@ -39,7 +39,7 @@ from vb_sweep.augment import Normalizer
 from vb_sweep.data.base import ImageDataset
 from vb_sweep.data.stats import channel_stats
 from vb_sweep.engine import StepSettings, plain_epoch
-from vb_sweep.errors import ConfigError, check_choice
+from vb_sweep.errors import ConfigError, check_choice, check_number
 from vb_sweep.models import MODELS_VERSION
 
 PGD_BATCH = 256
@@ -228,10 +228,5 @@ def check_settings(settings: dict[str, Any]) -> None:
               "pgd_steps": (0, None, True), "train_epochs": (0, None, True),
               "batch_size": (1, None, True), "crop_padding": (0, None, True)}
     for name, (low, high, integer) in checks.items():
-        value = settings[name]
-        kinds = (int,) if integer else (int, float)
-        if (isinstance(value, bool) or not isinstance(value, kinds) or value < low
-                or (high is not None and value > high)):
-            kind = "an integer" if integer else "a number"
-            allowed = f"{kind} >= {low}" + (f" and <= {high}" if high is not None else "")
-            raise ConfigError(f"cl setting {name}", value, allowed)
+        check_number(f"cl setting {name}", settings[name], integer=integer, minimum=low,
+                     maximum=high)

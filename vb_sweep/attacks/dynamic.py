@@ -48,7 +48,7 @@ from vb_sweep.attacks.training import cached, cpu_state, seeded
 from vb_sweep.augment import Normalizer, standard_augment
 from vb_sweep.data.base import ImageDataset
 from vb_sweep.data.stats import channel_stats
-from vb_sweep.errors import ConfigError, check_choice
+from vb_sweep.errors import ConfigError, check_choice, check_number
 from vb_sweep.models import MODELS_VERSION
 
 EPSILON = 1e-7
@@ -420,10 +420,5 @@ def check_image_size(shape: torch.Size) -> None:
 
 def _number(settings: dict[str, Any], name: str, *, integer: bool = False,
             minimum: float = 0, maximum: float | None = None) -> None:
-    value = settings[name]
-    kinds = (int,) if integer else (int, float)
-    if (isinstance(value, bool) or not isinstance(value, kinds) or value < minimum
-            or (maximum is not None and value > maximum)):
-        kind = "an integer" if integer else "a number"
-        allowed = f"{kind} >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
-        raise ConfigError(f"dynamic setting {name}", value, allowed)
+    check_number(f"dynamic setting {name}", settings[name], integer=integer, minimum=minimum,
+                 maximum=maximum)

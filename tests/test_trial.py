@@ -134,3 +134,13 @@ def test_cli_run_prints_progress_and_writes_parquet(tmp_path, capsys):
     assert "victim split after warm-up" in stdout
     trials = pd.read_parquet(tmp_path / "trials")
     assert trials.loc[0, "attack"] == "blend" and trials.loc[0, "defense"] == "vab"
+
+
+def test_bf16_autocast_only_where_the_device_computes_bf16_natively():
+    from vb_sweep.trial import autocast_dtype
+
+    assert autocast_dtype(True, "cuda") is torch.bfloat16
+    assert autocast_dtype(True, "cpu", cpu_bf16=True) is torch.bfloat16
+    assert autocast_dtype(True, "cpu", cpu_bf16=False) is None
+    assert autocast_dtype(False, "cuda") is None
+    assert autocast_dtype(False, "cpu", cpu_bf16=True) is None

@@ -88,7 +88,7 @@ class TrialConfig:
     lambda_u_switch: int = 150             # lambda_u[1] in epochs after this one (1-based)
     # -- engine ----------------------------------------------------------------------------
     device: str = "auto"
-    amp: bool = True                       # bf16 autocast on CUDA
+    amp: bool = True                       # bf16 autocast on CUDA and bf16-native CPUs
     eval_batch_size: int = 1024
 
     # ---------------------------------------------------------------------------------------

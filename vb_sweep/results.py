@@ -25,6 +25,7 @@ TRIAL_SCHEMA = pa.schema([
     ("defense", pa.string()), ("augment", pa.string()),
     ("t_f", pa.float64()), ("t_m", pa.float64()), ("seed", pa.int64()), ("preset", pa.string()),
     ("ba", pa.float64()), ("asr", pa.float64()), ("ra", pa.float64()),
+    ("clean_target_rate", pa.float64()),
     ("filter_precision", pa.float64()), ("filter_recall", pa.float64()),
     ("filter_auroc", pa.float64()),
     ("first_filter_precision", pa.float64()), ("first_filter_recall", pa.float64()),
@@ -34,7 +35,9 @@ TRIAL_SCHEMA = pa.schema([
     ("poison_cached", pa.bool_()), ("victim_cached", pa.bool_()),
     ("train_images_per_s", pa.float64()),
     ("wall_s", pa.float64()), ("status", pa.string()), ("error", pa.string()),
-    ("mlflow_run_id", pa.string()), ("device", pa.string()), ("code_version", pa.string()),
+    ("mlflow_run_id", pa.string()), ("device", pa.string()),
+    ("precision", pa.string()),  # bf16 (autocast) or fp32
+    ("code_version", pa.string()),
     ("finished_at", pa.string()),
 ])
 
@@ -43,6 +46,7 @@ HISTORY_SCHEMA = pa.schema([
     ("epoch", pa.int64()), ("stage", pa.string()),
     ("lr", pa.float64()), ("loss", pa.float64()),
     ("ba", pa.float64()), ("asr", pa.float64()), ("ra", pa.float64()),
+    ("clean_target_rate", pa.float64()),
     ("credible_size", pa.int64()), ("suspicious_size", pa.int64()),
     ("poisoned_in_credible", pa.int64()), ("poisoned_in_suspicious", pa.int64()),
     ("filter_precision", pa.float64()), ("filter_recall", pa.float64()),

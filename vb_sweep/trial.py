@@ -155,10 +155,27 @@ def resolve_device(device: str) -> str:
 
 
 def place_model(model: torch.nn.Module, device: str) -> torch.nn.Module:
-    model = model.to(device)
+    """On the device in channels_last, the layout cuDNN and oneDNN convolutions run fastest in
+    (on a 2-core AVX-512 CPU the small CNN trains 1.4x faster than in the default layout)."""
+    return model.to(device).to(memory_format=torch.channels_last)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes in bf16 natively (AVX512-BF16 or AMX). Elsewhere bf16 is
+    emulated and slower than float32, so autocast stays off."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def autocast_dtype(amp: bool, device: str, cpu_bf16: bool | None = None) -> torch.dtype | None:
+    """bf16 autocast when ``amp`` is on and the device computes bf16 natively: any CUDA GPU of
+    this project's range, a CPU with AVX512-BF16/AMX. None: float32 throughout."""
+    if not amp:
+        return None
     if device.startswith("cuda"):
-        model = model.to(memory_format=torch.channels_last)
-    return model
+        return torch.bfloat16
+    native = cpu_has_native_bf16() if cpu_bf16 is None else cpu_bf16
+    return torch.bfloat16 if device == "cpu" and native else None
 
 
 def seed_everything(seed: int) -> None:
@@ -168,9 +185,8 @@ def seed_everything(seed: int) -> None:
 def step_settings(config: TrialConfig, data: DatasetSplits, device: str, batch_size: int,
                   padding: int | None) -> StepSettings:
     mean, std = channel_stats(data.train.images)
-    use_bf16 = config.amp and device.startswith("cuda")
     return StepSettings(Normalizer(mean, std, device), batch_size, padding,
-                        torch.bfloat16 if use_bf16 else None, config.augment, config.t_m,
+                        autocast_dtype(config.amp, device), config.augment, config.t_m,
                         config.attention_interpolation, config.flip)
 
 
@@ -248,6 +264,7 @@ def trial_row(config: TrialConfig, sweep: str, trial_id: str, history: list[dict
         "target": config.target, "defense": config.defense, "augment": config.augment,
         "t_f": config.t_f, "t_m": config.t_m, "seed": config.seed, "preset": config.preset,
         "ba": final["ba"], "asr": final["asr"], "ra": final["ra"],
+        "clean_target_rate": final.get("clean_target_rate"),
         "filter_precision": last_split.get("filter_precision"),
         "filter_recall": last_split.get("filter_recall"),
         "filter_auroc": last_split.get("filter_auroc"),
@@ -260,6 +277,7 @@ def trial_row(config: TrialConfig, sweep: str, trial_id: str, history: list[dict
         "train_images_per_s": (sum(r["images_per_s"] for r in train_records) / len(train_records)
                                if train_records else None),
         **timings, "status": "ok", "error": None, "mlflow_run_id": None, "device": device,
+        "precision": "bf16" if autocast_dtype(config.amp, device) else "fp32",
         "code_version": code_version(),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

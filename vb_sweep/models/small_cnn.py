@@ -37,7 +37,9 @@ class SmallCNN(FeatureClassifier):
 
 
 class TinyCNN(SmallCNN):
-    """SmallCNN at half the width (about 25k parameters, ~3x faster): the smoke preset's model."""
+    """SmallCNN at half the width (about 25k parameters, ~3x faster), for quick checks of the
+    plumbing. Too small for the method: as the smoke preset's Victim it does not learn the
+    BadNets trigger in its first epoch (filter recall 0.00)."""
 
     def __init__(self, num_classes: int = 10):
         super().__init__(num_classes, widths=(16, 32, 64))

@@ -10,7 +10,8 @@ from vb_sweep.augment import random_crop, random_flip, standard_augment
 from vb_sweep.config import VARIANTS, TrialConfig, scaled_schedule
 from vb_sweep.defense import lambda_u, learning_rate, stage_of
 from vb_sweep.engine import pseudo_labels, suppress, unlabeled_batch_size
-from vb_sweep.metrics import auroc, defense_effectiveness_rate, filter_quality
+from vb_sweep.metrics import (auroc, backdoor_metrics, defense_effectiveness_rate,
+                              filter_quality)
 from vb_sweep.mixing import (attention_mix, attention_mix_weights, attentive_cutmix, cutmix,
                              mixup, normalized_attention)
 from vb_sweep.victim import (SmoothedEntropy, min_max, prediction_entropy, split_suspicious,
@@ -218,6 +219,18 @@ def test_auroc_and_filter_quality():
                              torch.tensor([0.0, 0.1, 0.5, 1.0]))
     assert quality["filter_precision"] == 0.5 and quality["filter_recall"] == 0.5
     assert quality["suspicious_size"] == 2 and quality["poisoned_in_credible"] == 1
+
+
+def test_backdoor_metrics_and_the_clean_target_rate():
+    # Clean: labels 0 1 2 3, predicted 0 0 2 0 -> BA 2/4; of the non-target (1, 2, 3), two are
+    # predicted as the target 0 without any trigger.
+    clean_pred, clean_labels = torch.tensor([0, 0, 2, 0]), torch.tensor([0, 1, 2, 3])
+    triggered_pred, triggered_labels = torch.tensor([0, 0, 3]), torch.tensor([1, 2, 3])
+    metrics = backdoor_metrics(clean_pred, clean_labels, triggered_pred, triggered_labels, 0)
+    assert metrics["ba"] == pytest.approx(0.5)
+    assert metrics["asr"] == pytest.approx(2 / 3)
+    assert metrics["ra"] == pytest.approx(1 / 3)
+    assert metrics["clean_target_rate"] == pytest.approx(2 / 3)
 
 
 def test_der():

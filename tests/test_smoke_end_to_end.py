@@ -72,14 +72,19 @@ def badnets_rows(cache):
 
 def test_vab_defeats_badnets(badnets_rows):
     none, vab = badnets_rows
-    assert none["asr"] >= 0.9
-    assert vab["asr"] <= 0.2
+    assert none["asr"] - none["clean_target_rate"] >= 0.9, none
+    # What the trigger adds over the model's own bias towards the target: the under-trained
+    # smoke Beneficiary (see below) predicts the target for about half of all clean images, so
+    # its raw ASR (0.59 for seed 0) says nothing about a backdoor.
+    assert vab["asr"] - vab["clean_target_rate"] <= 0.1, vab
     assert vab["first_filter_recall"] >= 0.9
 
 
 @pytest.mark.xfail(strict=True, reason=(
     "AttentionMix trains the Beneficiary slowly: 4 mix epochs leave it far below plain training "
-    "(smoke BA 0.41 at 8 epochs, against 0.99 without defense; 0.58 at 12 epochs)."))
-def test_vab_keeps_ba_near_no_defense(badnets_rows):
+    "(smoke BA 0.45 at 8 epochs, against 0.99 without defense; 0.58 at 12 epochs). The model "
+    "never predicts 5 of the 10 classes and gives the target to 58% of clean images."))
+def test_vab_keeps_ba_near_no_defense_and_asr_low(badnets_rows):
     none, vab = badnets_rows
     assert vab["ba"] >= none["ba"] - 0.1, (vab["ba"], none["ba"])
+    assert vab["asr"] <= 0.2, vab

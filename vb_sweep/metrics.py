@@ -30,11 +30,19 @@ def iterate_logits(model, images, normalize, batch_size, autocast_dtype=None):
 def backdoor_metrics(clean_pred: torch.Tensor, clean_labels: torch.Tensor,
                      triggered_pred: torch.Tensor, triggered_labels: torch.Tensor,
                      target: int) -> dict[str, float]:
-    """BA on the clean test set; ASR and RA on the triggered non-target test images."""
+    """BA on the clean test set; ASR and RA on the triggered non-target test images.
+
+    ``clean_target_rate`` is the share of clean non-target images predicted as the target: the
+    ASR the model would score with no trigger at all. A model biased towards the target (an
+    under-trained one, say) has a high ASR without any backdoor; ASR minus this rate is what
+    the trigger itself adds.
+    """
+    non_target = clean_labels != target
     return {
         "ba": (clean_pred == clean_labels).float().mean().item(),
         "asr": (triggered_pred == target).float().mean().item(),
         "ra": (triggered_pred == triggered_labels).float().mean().item(),
+        "clean_target_rate": (clean_pred[non_target] == target).float().mean().item(),
     }
 
 

@@ -22,11 +22,11 @@ from vb_sweep.errors import ConfigError
 
 # History columns logged as per-epoch metrics (step = Beneficiary epoch; 0 is the Victim's
 # first split).
-EPOCH_METRICS = ("ba", "asr", "ra", "loss", "lr", "credible_size", "suspicious_size",
+EPOCH_METRICS = ("ba", "asr", "ra", "clean_target_rate", "loss", "lr", "credible_size", "suspicious_size",
                  "filter_precision", "filter_recall", "filter_auroc", "seconds", "images_per_s")
 # Row columns logged once as metrics of the trial's run.
-ROW_METRICS = ("ba", "asr", "ra", "filter_precision", "filter_recall", "filter_auroc",
-               "first_filter_precision", "first_filter_recall", "credible_size",
+ROW_METRICS = ("ba", "asr", "ra", "clean_target_rate", "filter_precision", "filter_recall",
+               "filter_auroc", "first_filter_precision", "first_filter_recall", "credible_size",
                "suspicious_size", "num_train", "num_poisoned", "poison_s", "victim_s",
                "beneficiary_s", "train_images_per_s", "wall_s")
 BATCH_METRICS = 1000   # mlflow.utils.validation.MAX_METRICS_PER_BATCH

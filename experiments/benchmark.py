@@ -113,7 +113,8 @@ def main(argv=None) -> int:
           f"{torch.get_num_threads()} threads, batch {config.batch_size} "
           f"(Victim {config.victim_batch_size})")
     rates = bare_rates(model, config.batch_size, shape, device, step.autocast_dtype)
-    victim_rates = bare_rates(model, config.victim_batch_size, shape, device, None)
+    victim_rates = bare_rates(model, config.victim_batch_size, shape, device,
+                              victim_step.autocast_dtype)
     eval_rates = bare_rates(model, config.eval_batch_size, shape, device, step.autocast_dtype)
     print(f"bare model: train {rates[0]:.0f} img/s (batch {config.batch_size}), "
           f"{victim_rates[0]:.0f} img/s (batch {config.victim_batch_size}); "

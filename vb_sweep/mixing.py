@@ -54,10 +54,9 @@ def attention_mix(images: torch.Tensor, targets: torch.Tensor, attention: torch.
     mask = (attn >= t_m).float()
     own, partner = attention_mix_weights(attn, mask, perm)
     total = (own + partner).clamp_min(EPS)
-    keep_own = (own / total).view(-1, 1, 1, 1)
-    blended = keep_own * images + (1 - keep_own) * images[perm]
-    mask4 = mask[:, None]
-    mixed_images = (1 - mask4) * images + mask4 * blended
+    # x~ = x_i + M Wc/(W+Wc) (x_j - x_i): the formula above in two full-size tensor ops.
+    partner_share = mask[:, None] * (partner / total).view(-1, 1, 1, 1)
+    mixed_images = torch.addcmul(images, partner_share, images[perm] - images)
     partner_weight = (own * partner / total)[:, None]
     mixed_targets = (1 - partner_weight) * targets + partner_weight * targets[perm]
     return mixed_images, mixed_targets

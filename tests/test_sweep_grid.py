@@ -15,7 +15,8 @@ from vb_sweep.errors import ConfigError
 from vb_sweep.grid import (GridOptions, build_grid, build_table_grid, check_output_folder,
                            manifest_for, write_grid_files, write_manifest)
 from vb_sweep.results import read_trials, write_trial
-from vb_sweep.sweep import base_spec, fault_injection, plan_resources, trial_spec
+from vb_sweep.sweep import (TrialRecorder, base_spec, fault_injection, plan_resources,
+                            trial_spec)
 from vb_sweep.tracking import SweepTracker, default_tracking_uri
 from vb_sweep.trial import trial_id_for
 
@@ -167,6 +168,37 @@ def test_tracker_writes_nested_runs_into_a_sqlite_store(tmp_path):
     assert [m.value for m in client.get_metric_history(run_id, "ba")] == [0.5, 0.7]
     assert client.get_metric_history(run_id, "credible_size")[0].step == 0
     assert {f.path for f in client.list_artifacts(run_id)} == {"figures", "row.json"}
+
+
+def test_epochs_reach_mlflow_while_the_trial_runs_and_each_once(tmp_path):
+    from mlflow import MlflowClient
+
+    config = build_grid(GridOptions(attacks=["badnets"], defenses=["vab"]))[0]
+    spec = {"trial_id": trial_id_for(config), "sweep": "unit", "config": config.to_dict()}
+    history = [{"epoch": 0, "stage": "victim", "credible_size": 90},
+               {"epoch": 1, "stage": "mix", "ba": 0.5, "asr": 0.2},
+               {"epoch": 2, "stage": "sst", "ba": 0.7, "asr": 0.1}]
+    uri = default_tracking_uri(tmp_path)
+    tracker = SweepTracker(uri, "unit", artifact_root=tmp_path / "mlartifacts")
+    tracker.start_invocation("ablation", {}, resume=False)
+    recorder = TrialRecorder(tmp_path, tracker, total=1)
+    client = MlflowClient(uri)
+
+    recorder.record_epoch(spec, {**history[1], "training_iteration": 1})
+    run_id = recorder.open_runs[spec["trial_id"]]
+    assert client.get_run(run_id).info.status == "RUNNING"
+    assert [m.value for m in client.get_metric_history(run_id, "ba")] == [0.5]
+    # A retried trial reports epoch 1 again; the final report is not an epoch.
+    recorder.record_epoch(spec, {**history[1], "ba": 0.55})
+    recorder.record_epoch(spec, {"stage": "final", "epoch": 2, "ba": 0.7})
+    row = {"trial_id": spec["trial_id"], "status": "ok", "ba": 0.7, "asr": 0.1, "epochs": 2}
+    recorder.record(spec, row, history, {})
+
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "ba")] == [(1, 0.5),
+                                                                                  (2, 0.7)]
+    assert client.get_metric_history(run_id, "credible_size")[0].step == 0
+    assert read_trials(tmp_path)["mlflow_run_id"].tolist() == [run_id]
 
 
 # -- Optuna ---------------------------------------------------------------------------------------

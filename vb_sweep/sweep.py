@@ -45,15 +45,16 @@ from vb_sweep.config import TrialConfig
 from vb_sweep.errors import ConfigError
 from vb_sweep.grid import check_output_folder, manifest_for, write_manifest
 from vb_sweep.results import read_trials, write_trial
-from vb_sweep.tracking import SweepTracker, check_tracking_uri, default_tracking_uri
+from vb_sweep.tracking import (EPOCH_METRICS, SweepTracker, check_tracking_uri,
+                               default_tracking_uri)
 
 FAULT_HOOKS = {"kill_at_checkpoint": "VB_SWEEP_FAULT_KILL_AT",
                "raise_at_record": "VB_SWEEP_FAULT_RAISE_AT"}
 STATE_FILE = "state.pt"
 RESULT_FILE = "result.json"
 FIGURES_DIR = "figures"
-REPORTED_METRICS = ("epoch", "stage", "ba", "asr", "ra", "loss", "lr", "credible_size",
-                    "suspicious_size", "filter_precision", "filter_recall")
+# What a trial reports to Tune per epoch: the driver logs it to MLflow as it arrives.
+REPORTED_METRICS = ("epoch", "stage", *EPOCH_METRICS)
 
 
 # -- the trial spec: what the driver hands to Tune for one trial ----------------------------------
@@ -428,14 +429,34 @@ def _remote_call(refs):
 
 # -- the driver's recorder ------------------------------------------------------------------------
 class TrialRecorder:
-    """Called by Tune in the driver whenever a trial ends: logs its MLflow run, writes its
-    Parquet files, prints one line. ``tracker`` may be None (no MLflow)."""
+    """Called by Tune in the driver: logs each reported epoch to the trial's MLflow run as it
+    arrives and, when a trial ends, completes that run, writes its Parquet files and prints one
+    line. ``tracker`` may be None (no MLflow)."""
 
     def __init__(self, out: Path, tracker, total: int):
         self.out = Path(out)
         self.tracker = tracker
         self.total = total
         self.done = 0
+        self.open_runs: dict[str, str] = {}             # trial id -> its RUNNING MLflow run
+        self.logged_epochs: dict[str, set[int]] = {}    # trial id -> epochs logged live
+
+    def record_epoch(self, spec: dict, result: dict) -> None:
+        """One epoch's report; an epoch reported again (a retried trial re-running the epochs
+        after its last checkpoint) is logged once."""
+        if self.tracker is None or result.get("stage") in (None, "final"):
+            return
+        trial_id, epoch = spec["trial_id"], int(result["epoch"])
+        logged = self.logged_epochs.setdefault(trial_id, set())
+        if epoch in logged:
+            return
+        try:
+            if trial_id not in self.open_runs:
+                self.open_runs[trial_id] = self.tracker.open_trial_run(spec["config"], trial_id)
+            self.tracker.log_epoch(self.open_runs[trial_id], result)
+            logged.add(epoch)
+        except Exception as err:  # noqa: BLE001 - a tracking outage must not stop the sweep
+            print(f"warning: MLflow logging of {trial_id} failed: {err}", flush=True)
 
     def record(self, spec: dict, row: dict, history: list[dict],
                figures: dict[str, bytes]) -> dict:
@@ -456,8 +477,12 @@ class TrialRecorder:
     def _log_mlflow(self, spec, row, history, figures) -> str | None:
         if self.tracker is None:
             return None
+        trial_id = spec["trial_id"]
         try:
-            return self.tracker.log_trial(spec["config"], row, history, figures)
+            return self.tracker.log_trial(spec["config"], row, history, figures,
+                                          run_id=self.open_runs.pop(trial_id, None),
+                                          logged_epochs=frozenset(
+                                              self.logged_epochs.pop(trial_id, set())))
         except Exception as err:  # noqa: BLE001 - a tracking outage must not lose the row
             print(f"warning: MLflow logging of {spec['trial_id']} failed: {err}", flush=True)
             return None
@@ -494,6 +519,9 @@ def tune_callback(recorder: TrialRecorder):
     from ray import tune
 
     class RecordingCallback(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            recorder.record_epoch(trial_spec(trial.config), result)
+
         def on_trial_complete(self, iteration, trials, trial, **info):
             recorder.record_checkpoint(trial_spec(trial.config), trial.checkpoint)
 

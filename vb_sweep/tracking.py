@@ -2,8 +2,10 @@
 nested run per trial (its whole configuration as params, per-epoch metrics, its figures and its
 result row as artifacts).
 
-One process logs: the sweep's driver, from the rows, histories and figures the trials hand back.
-So the embedded default store, a SQLite file in the output folder, never sees two writers; with
+One process logs: the sweep's driver. It opens a trial's run at the trial's first report and logs
+each epoch as Tune hands it over, so a running sweep can be watched in the MLflow UI; the row,
+the figures and any epoch it missed (those before a resume) follow when the trial ends. So the
+embedded default store, a SQLite file in the output folder, never sees two writers; with
 ``--mlflow-uri http://HOST:PORT`` the same calls go to a shared ``mlflow server`` over HTTP.
 Browse the default store with ``mlflow ui --backend-store-uri sqlite:///OUT/mlflow.db``.
 """
@@ -114,18 +116,31 @@ class SweepTracker:
             self.client.set_terminated(run.info.run_id, "KILLED")
 
     # -- trials -----------------------------------------------------------------------------------
-    def log_trial(self, config: dict, row: dict, history: list[dict],
-                  figures: dict[str, bytes]) -> str:
-        """One nested run holding the trial's params, metrics and artifacts; returns its id."""
-        self._drop_earlier_runs(row["trial_id"])
+    def open_trial_run(self, config: dict, trial_id: str) -> str:
+        """The trial's nested run with its params, RUNNING until ``log_trial`` closes it. It
+        replaces any earlier run of the same trial, so each trial has exactly one."""
+        self._drop_earlier_runs(trial_id)
         run = self.client.create_run(
-            self.experiment_id, run_name=row["trial_id"],
+            self.experiment_id, run_name=trial_id,
             tags={"mlflow.parentRunId": self.parent_run_id, ROLE_TAG: "trial",
-                  TRIAL_TAG: row["trial_id"], "sweep": self.sweep, "status": row["status"],
+                  TRIAL_TAG: trial_id, "sweep": self.sweep,
                   "attack": config.get("attack"), "defense": config.get("defense")})
-        run_id = run.info.run_id
-        self._log_params(run_id, config)
-        self._log_metrics(run_id, history, row)
+        self._log_params(run.info.run_id, config)
+        return run.info.run_id
+
+    def log_epoch(self, run_id: str, record: dict) -> None:
+        """One history record's metrics at step = its epoch."""
+        self._log_metrics(run_id, [record], None)
+
+    def log_trial(self, config: dict, row: dict, history: list[dict],
+                  figures: dict[str, bytes], run_id: str | None = None,
+                  logged_epochs: frozenset[int] = frozenset()) -> str:
+        """Completes the trial's nested run (opened now unless ``run_id`` is given): the epochs
+        not in ``logged_epochs``, the final metrics, the artifacts. Returns the run's id."""
+        run_id = run_id or self.open_trial_run(config, row["trial_id"])
+        self.client.set_tag(run_id, "status", row["status"])
+        self._log_metrics(run_id, [r for r in history if int(r["epoch"]) not in logged_epochs],
+                          row)
         if row.get("error"):
             self.client.log_text(run_id, row["error"], "error.txt")
         self._log_figures(run_id, figures)
@@ -148,15 +163,17 @@ class SweepTracker:
         for batch in _batches(params, BATCH_PARAMS):
             self.client.log_batch(run_id, params=batch)
 
-    def _log_metrics(self, run_id: str, history: list[dict], row: dict) -> None:
+    def _log_metrics(self, run_id: str, history: list[dict], row: dict | None) -> None:
+        """The history records' EPOCH_METRICS and, given the row, its ROW_METRICS as final_*."""
         from mlflow.entities import Metric
 
         stamp = _now_ms()
         metrics = [Metric(key, float(record[key]), stamp, int(record["epoch"]))
                    for record in history for key in EPOCH_METRICS if _finite(record.get(key))]
-        final_step = max((int(r["epoch"]) for r in history), default=0)
-        metrics += [Metric(f"final_{key}", float(row[key]), stamp, final_step)
-                    for key in ROW_METRICS if _finite(row.get(key))]
+        if row is not None:
+            final_step = row.get("epochs") or max((int(r["epoch"]) for r in history), default=0)
+            metrics += [Metric(f"final_{key}", float(row[key]), stamp, int(final_step))
+                        for key in ROW_METRICS if _finite(row.get(key))]
         for batch in _batches(metrics, BATCH_METRICS):
             self.client.log_batch(run_id, metrics=batch)
 

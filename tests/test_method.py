@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vb_sweep.augment import random_crop, random_flip, standard_augment
+from vb_sweep.augment import Normalizer, random_crop, random_flip, standard_augment
 from vb_sweep.config import VARIANTS, TrialConfig, scaled_schedule
 from vb_sweep.defense import lambda_u, learning_rate, stage_of
 from vb_sweep.engine import pseudo_labels, suppress, unlabeled_batch_size
@@ -188,15 +188,26 @@ def test_variant_flags_turn_on_exactly_their_components():
 # -- augmentation and metrics ---------------------------------------------------------------
 def test_random_crop_is_a_window_of_the_padded_image():
     torch.manual_seed(3)
-    images = torch.arange(2 * 3 * 6 * 6, dtype=torch.uint8).view(2, 3, 6, 6)
+    images = torch.randint(0, 256, (40, 3, 6, 6), dtype=torch.uint8)
     cropped = random_crop(images, 2)
     padded = F.pad(images, (2, 2, 2, 2))
-    for i in range(2):
-        windows = [padded[i, :, dy:dy + 6, dx:dx + 6] for dy in range(5) for dx in range(5)]
-        assert any(torch.equal(cropped[i], w) for w in windows)
+    offsets = set()
+    for i in range(len(images)):
+        matches = [(dy, dx) for dy in range(5) for dx in range(5)
+                   if torch.equal(cropped[i], padded[i, :, dy:dy + 6, dx:dx + 6])]
+        assert matches, i
+        offsets.add(matches[0])
+    assert len(offsets) > 10  # each image draws its own offset
     flipped = random_flip(images)
-    for i in range(2):
+    for i in range(len(images)):
         assert torch.equal(flipped[i], images[i]) or torch.equal(flipped[i], images[i].flip(2))
+
+
+def test_normalizer_standardises_per_channel():
+    images = torch.randint(0, 256, (4, 3, 5, 5), dtype=torch.uint8)
+    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.25, 0.2, 0.3])
+    expected = (images.float() / 255 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    assert torch.allclose(Normalizer(mean, std, "cpu")(images), expected, atol=1e-6)
 
 
 def test_no_flip_keeps_crops_unmirrored_and_gtsrb_defaults_to_it():

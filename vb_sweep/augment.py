@@ -16,24 +16,28 @@ class Normalizer:
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, device: torch.device | str):
         self.mean = mean.to(device, torch.float32).view(1, -1, 1, 1)
         self.std = std.to(device, torch.float32).view(1, -1, 1, 1)
+        # (x / 255 - mean) / std as one multiply and one add, in place on the float copy.
+        self.scale = 1.0 / (255.0 * self.std)
+        self.shift = -self.mean / self.std
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float().div_(255.0) - self.mean) / self.std
+        return images.float().mul_(self.scale).add_(self.shift)
 
 
 def random_crop(images: torch.Tensor, padding: int) -> torch.Tensor:
-    """Zero-pad by ``padding`` and crop back to H x W at a random offset per image."""
+    """Zero-pad by ``padding`` and crop back to H x W at a random offset per image: one gather
+    along the rows, one along the columns."""
     if padding == 0:
         return images
-    batch, _, height, width = images.shape
+    batch, channels, height, width = images.shape
     padded = F.pad(images, (padding,) * 4)
     dy = torch.randint(0, 2 * padding + 1, (batch,), device=images.device)
     dx = torch.randint(0, 2 * padding + 1, (batch,), device=images.device)
-    rows = (dy[:, None] + torch.arange(height, device=images.device))[:, :, None]  # (B, H, 1)
-    cols = (dx[:, None] + torch.arange(width, device=images.device))[:, None, :]   # (B, 1, W)
-    batch_index = torch.arange(batch, device=images.device)[:, None, None]
-    cropped = padded.permute(0, 2, 3, 1)[batch_index, rows, cols]  # (B, H, W, C)
-    return cropped.permute(0, 3, 1, 2).contiguous()
+    rows = dy[:, None] + torch.arange(height, device=images.device)  # (B, H)
+    cols = dx[:, None] + torch.arange(width, device=images.device)   # (B, W)
+    cropped_rows = padded.gather(2, rows[:, None, :, None].expand(-1, channels, -1,
+                                                                   width + 2 * padding))
+    return cropped_rows.gather(3, cols[:, None, None, :].expand(-1, channels, height, -1))
 
 
 def random_flip(images: torch.Tensor) -> torch.Tensor:

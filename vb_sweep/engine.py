@@ -88,8 +88,8 @@ def attention_maps(model, x: torch.Tensor, settings: StepSettings) -> torch.Tens
 
 def mixed_views(model, images_uint8, targets, settings: StepSettings):
     """Two independently augmented views of each image, mixed by the configured mixer."""
-    x = torch.cat([_inputs(images_uint8, settings), _inputs(images_uint8, settings)])
-    y = torch.cat([targets, targets])
+    x = _inputs(images_uint8.repeat(2, 1, 1, 1), settings)  # both views in one batched op
+    y = targets.repeat(2, 1)
     attention = attention_maps(model, x, settings) if settings.augment in ATTENTION_MIXERS else None
     return apply_mixer(settings.augment, x, y, attention, settings.t_m, settings.interpolation)
 
@@ -155,7 +155,7 @@ def sst_epoch(model, optimizer, images, labels, labeled_idx, unlabeled_idx, vict
         if sst.suppress_labeled:
             targets = suppress(targets, victim_soft[l_batch].float())
         x_mix, y_mix = mixed_views(model, images[l_batch], targets, settings)
-        u_views = torch.cat([_inputs(images[u_idx], settings) for _ in range(sst.views)])
+        u_views = _inputs(images[u_idx].repeat(sst.views, 1, 1, 1), settings)
         n_mix = x_mix.shape[0]
 
         def loss_fn():

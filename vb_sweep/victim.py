@@ -17,7 +17,7 @@ from vb_sweep.engine import StepSettings, plain_epoch
 from vb_sweep.metrics import iterate_logits
 
 # Part of the trajectory's cache key: bump when how it is computed changes.
-VICTIM_ARTIFACT_VERSION = 1
+VICTIM_ARTIFACT_VERSION = 2
 
 
 def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,7 @@ from vb_sweep.errors import ConfigError, check_choice, check_number
 from vb_sweep.models import MODELS_VERSION
 
 PGD_BATCH = 256
-ARTIFACT_VERSION = 2  # part of both cache keys: bump when an artifact's content changes
+ARTIFACT_VERSION = 3  # part of both cache keys: bump when an artifact's content changes
 
 TRAINING = {
     "epsilon": 16 / 255,

@@ -54,7 +54,7 @@ from vb_sweep.models import MODELS_VERSION
 EPSILON = 1e-7
 GENERATOR_STEPS = 3  # down/up-sampling steps: images must be divisible by 2**3
 TRIGGER_CHUNK = 512  # images per generator pass when applying the trigger
-ARTIFACT_VERSION = 1  # part of the cache key: bump when the generators or their training change
+ARTIFACT_VERSION = 2  # part of the cache key: bump when the generators or their training change
 
 SETTINGS: dict[str, Any] = {
     "classifier": "preact_resnet18",  # trained jointly with G (the defense trains its own)

@@ -72,7 +72,12 @@ def test_vab_defeats_badnets_and_keeps_ba(badnets_rows):
     "clean task (clean accuracy 0.10, backdoor 1.00, cross 0.06) and the no-defense ASR is "
     "0.53 (0.67 after 40 Beneficiary epochs). With all 5,000 images, the tiny CNN and 20 joint "
     "epochs it does (clean 0.997) but cannot tell an image's trigger from another's (backdoor "
-    "0.51, cross 0.63), and the ASR is 0.47."))
+    "0.51, cross 0.63), and the ASR is 0.47. Converged masks do not help: 10 mask epochs on "
+    "5,000 images (density 0.036; two images' masks 88% disjoint) and 15 joint epochs "
+    "(backdoor 0.68, cross 0.40) give ASR 0.41, 0.46 after 40 epochs, 0.41 with the small CNN. "
+    "The 10% cross samples carry real triggers under their true labels, so a network must tell "
+    "an image's own trigger from another's, which neither the attacker's nor the Beneficiary "
+    "learns at this budget."))
 def test_dynamic_takes_without_defense(cache):
     row = run_trial(smoke(attack="dynamic", defense="none"), cache=cache).row
     assert row["asr"] >= 0.8, row
@@ -83,7 +88,10 @@ def test_dynamic_takes_without_defense(cache):
     "easiest feature of the poisoned target images, and the network learns it rather than the "
     "patch: ASR 0.00 at 10%, 50% and 100% of the target class; at 100% the clean target-class "
     "test images are misclassified too (BA 0.90), though patched ones are not predicted as the "
-    "target."))
+    "target. The perturbations do transfer (an independently trained tiny CNN classifies "
+    "them at 0.00, as does the crafting network), and crafting on an adversarially trained "
+    "network (FGSM training at 8/255) or stamping BackdoorBench's 3x3 white patch changes "
+    "nothing (ASR 0.00 at half the target class)."))
 def test_cl_lifts_target_predictions_of_triggered_images(cache):
     row = run_trial(smoke(attack="cl", defense="none", poison_rate=0.5), cache=cache).row
     assert row["asr"] >= row["clean_target_rate"] + 0.15, row

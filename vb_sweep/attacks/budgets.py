@@ -11,7 +11,7 @@ of ``attack.describe()``, so every cache key (generators, clean model, poisoned 
 - cpu: a 20,000-image CIFAR-10 subset: the small CNN; generators at width 16, 10 + 20 epochs on
   5,000 images (871 s on one core of a busy 2-core machine; the attack's classifier ends at
   clean accuracy 0.51, backdoor 0.88, cross 0.28); CL's clean network 10 epochs (754 s), PGD
-  at its default 100 steps (about a minute; the network's accuracy on the 500 chosen images
+  at its default 100 steps (about a minute; the network's accuracy on the 200 chosen images
   falls from 0.83 to 0.00).
 - paper: the real budget (no overrides).
 """

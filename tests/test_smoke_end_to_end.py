@@ -76,8 +76,8 @@ def test_vab_defeats_badnets_and_keeps_ba(badnets_rows):
     "5,000 images (density 0.036; two images' masks 88% disjoint) and 15 joint epochs "
     "(backdoor 0.68, cross 0.40) give ASR 0.41, 0.46 after 40 epochs, 0.41 with the small CNN. "
     "The 10% cross samples carry real triggers under their true labels, so a network must tell "
-    "an image's own trigger from another's, which neither the attacker's nor the Beneficiary "
-    "learns at this budget."))
+    "an image's own trigger from another's, which neither the attacker's classifier nor the "
+    "Beneficiary learns at this budget."))
 def test_dynamic_takes_without_defense(cache):
     row = run_trial(smoke(attack="dynamic", defense="none"), cache=cache).row
     assert row["asr"] >= 0.8, row

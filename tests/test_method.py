@@ -208,6 +208,9 @@ def test_normalizer_standardises_per_channel():
     mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.25, 0.2, 0.3])
     expected = (images.float() / 255 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
     assert torch.allclose(Normalizer(mean, std, "cpu")(images), expected, atol=1e-6)
+    floats = images.float()
+    Normalizer(mean, std, "cpu")(floats)
+    assert torch.equal(floats, images.float())  # a float input is not scaled in place
 
 
 def test_no_flip_keeps_crops_unmirrored_and_gtsrb_defaults_to_it():

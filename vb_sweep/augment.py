@@ -21,7 +21,8 @@ class Normalizer:
         self.shift = -self.mean / self.std
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return images.float().mul_(self.scale).add_(self.shift)
+        # copy=True: a float input would otherwise be the very tensor scaled in place.
+        return images.to(torch.float32, copy=True).mul_(self.scale).add_(self.shift)
 
 
 def random_crop(images: torch.Tensor, padding: int) -> torch.Tensor:

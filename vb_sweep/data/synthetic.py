@@ -92,13 +92,17 @@ def _contrasting_colour(background: torch.Tensor, gen: torch.Generator) -> torch
 
 # -- objects -------------------------------------------------------------------------------
 
+def _uniform(bounds: tuple[float, float], shape: tuple[int, ...],
+             gen: torch.Generator) -> torch.Tensor:
+    low, high = bounds
+    return low + (high - low) * torch.rand(shape, generator=gen)
+
+
 def _object_alpha(labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Coverage in [0, 1] of each image's object: (N, 1, H, W)."""
     count = labels.shape[0]
-    low, high = RADIUS_RANGE
-    radius = low + (high - low) * torch.rand(count, generator=gen)
-    low, high = CENTRE_RANGE
-    centre = low + (high - low) * torch.rand(count, 2, generator=gen)
+    radius = _uniform(RADIUS_RANGE, (count,), gen)
+    centre = _uniform(CENTRE_RANGE, (count, 2), gen)
     angle = 2 * math.pi * torch.rand(count, generator=gen)
     jitter = (torch.rand(count, generator=gen) - 0.5) * math.radians(30)
     period = 4 + 3 * torch.rand(count, generator=gen)

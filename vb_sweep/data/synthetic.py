@@ -15,11 +15,18 @@ gave the partner about 40% of its weight (tiny CNN on clean data: BA 0.17 after 
 trigger, so its split after warm-up had precision 0.60 for BadNets (small CNN; the tiny CNN on
 centred objects: 0.99, recall 0.99).
 Difficulty comes from similar classes (disc and ring, square and triangle, checkerboard and
-dots, the stripe orientations), colour and size; the tiny CNN of the smoke preset reaches about
-0.99 test accuracy in 12 epochs on 5,000 images.
+dots, the stripe orientations), colour, size and contrast; the tiny CNN of the smoke preset
+reaches about 0.96-0.99 test accuracy in 16 epochs on 5,000 images.
+Objects are drawn at half opacity: an object's colour lies halfway between its own colour and
+the background's, at least 0.15 from the background in RGB distance. At full opacity the shapes
+were so easy that a network never needed anything else to fit the target class: the
+label-consistent attack (CL-16, a 16/255 perturbation plus a patch) did not take even on half
+the target class (ASR 0.00, BA 0.998), while on CIFAR-10 it does (0.77). At half opacity it
+takes as on natural images (ASR 0.61 / 0.91 for seeds 0 / 1 at half the target class, against
+0.00 without the patch).
 The pixel noise is kept low (about 2.5/255, sensor-like) on purpose: at 0.05 (13/255) it buried
 the Blend trigger (a 0.1-weighted noise image, about 8/255 per pixel), whose no-defense ASR
-stayed at 0.09 on the smoke preset; at 0.01 it reaches 0.99, as on natural images.
+stayed at 0.09 on the smoke preset; at 0.01 it reaches 0.97-0.99, as on natural images.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ TRAIN_SEED, TEST_SEED = 0, 1
 RADIUS_RANGE = (6.0, 11.0)
 CENTRE_RANGE = (13.0, 19.0)     # object centres, in pixels, on both axes
 MIN_CONTRAST = 0.3          # least RGB distance between object and background colour
+OBJECT_OPACITY = 0.5
 BACKGROUND_AMPLITUDE = 0.15
 PIXEL_NOISE_STD = 0.01
 
@@ -67,7 +75,7 @@ def generate_synthetic(per_class: int, seed: int = 0) -> ImageDataset:
     background = _background(count, gen)
     foreground = _contrasting_colour(background.mean(dim=(2, 3)), gen)
     alpha = _object_alpha(labels, gen)
-    images = torch.lerp(background, foreground[:, :, None, None], alpha)
+    images = torch.lerp(background, foreground[:, :, None, None], OBJECT_OPACITY * alpha)
     images.add_(torch.randn(images.shape, generator=gen), alpha=PIXEL_NOISE_STD)
     images = images.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
     return ImageDataset(images, labels, num_classes, list(CLASS_NAMES), "synthetic")

@@ -1,7 +1,7 @@
 """The paper's Table 4 (and the augmentation comparison) from a results folder.
 
     python analysis/ablation_table.py RESULTS_DIR [--format md|latex|html|csv] [--out FILE]
-        [--dataset D] [--poison-rate R] [--preset P] [--t-f X] [--t-m X]
+        [--dataset D] [--poison-rate R] [--preset P] [--t-f X] [--t-m X] [--epoch last|best]
 
 Rows: none, F, F+AT, F+AT+SST, F+AT+SST+S, vab; per attack BA, ASR and DER in percent, mean ±
 std over seeds. The logic is in ``analysis.tables``; this is its command line.
@@ -18,6 +18,7 @@ if __package__ in (None, ""):  # run as a script: make `analysis` and `vb_sweep`
 
 from analysis.tables import FORMATS, load_trials, report  # noqa: E402
 from vb_sweep.errors import ConfigError, check_fraction  # noqa: E402
+from vb_sweep.results import REPORTED_EPOCHS  # noqa: E402
 
 
 def fraction(text: str) -> float:
@@ -38,13 +39,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--preset")
     parser.add_argument("--t-f", type=fraction, metavar="X")
     parser.add_argument("--t-m", type=fraction, metavar="X")
+    parser.add_argument("--epoch", choices=REPORTED_EPOCHS, default="last",
+                        help="BA/ASR of the last epoch (default) or of the best-BA epoch, as the "
+                             "paper's tables report")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        text = report(load_trials(args.results_dir), args.format, dataset=args.dataset,
+        text = report(load_trials(args.results_dir), args.format, epoch=args.epoch,
+                      dataset=args.dataset,
                       poison_rate=args.poison_rate, preset=args.preset, t_f=args.t_f,
                       t_m=args.t_m)
     except (FileNotFoundError, ConfigError) as err:

@@ -34,7 +34,7 @@ import pandas as pd
 
 from vb_sweep.config import AUGMENTS, DEFENSES, VARIANTS
 from vb_sweep.errors import ConfigError
-from vb_sweep.results import TRIALS_DIR, read_trials
+from vb_sweep.results import EPOCH_LEGEND, TRIALS_DIR, at_reported_epoch, read_trials
 
 ATTACK_ORDER = ("badnets", "blend", "wanet", "dynamic", "sig", "cl")
 SECTION_KEYS = ["dataset", "poison_rate", "preset", "target", "t_f", "t_m"]
@@ -45,7 +45,7 @@ SHOWN_METRICS = (("ba", "BA"), ("asr", "ASR"), ("der", "DER"))
 MISSING = "—"
 FAILED = "failed"
 FORMATS = ("md", "latex", "html", "csv")
-LEGEND = ("BA, ASR and DER in %, mean ± std over seeds (n = seeds); "
+LEGEND = ("BA, ASR and DER in % at the {epoch}, mean ± std over seeds (n = seeds); "
           f"{MISSING} = no trial; {FAILED} = every trial of the cell failed.")
 
 
@@ -385,7 +385,8 @@ def html_table(attacks, lines, row_keys) -> str:
             f"<tbody>\n{body}</tbody>\n</table>")
 
 
-def render_grid(grid: pd.DataFrame, fmt: str = "md", title: str = "Ablation (Table 4)") -> str:
+def render_grid(grid: pd.DataFrame, fmt: str = "md", title: str = "Ablation (Table 4)",
+                epoch: str = "last") -> str:
     """All sections of a grid as Markdown, LaTeX or HTML (a title, then one table each)."""
     if fmt == "csv":
         return grid.to_csv(index=False)
@@ -404,7 +405,7 @@ def render_grid(grid: pd.DataFrame, fmt: str = "md", title: str = "Ablation (Tab
         parts.append(_heading(describe_section(section), fmt, level=3))
         parts.append(markdown_table(attacks, lines, row_keys) if fmt == "md"
                      else html_table(attacks, lines, row_keys))
-    parts.append(_paragraph(LEGEND, fmt))
+    parts.append(_paragraph(LEGEND.format(epoch=EPOCH_LEGEND[epoch]), fmt))
     return "\n\n".join(parts) + "\n"
 
 
@@ -424,8 +425,10 @@ def _paragraph(text: str, fmt: str) -> str:
     return "% " + text
 
 
-def report(trials: pd.DataFrame, fmt: str = "md", **filters) -> str:
-    """Table 4, then the augmentation comparison when there are such runs."""
+def report(trials: pd.DataFrame, fmt: str = "md", epoch: str = "last", **filters) -> str:
+    """Table 4, then the augmentation comparison when there are such runs, with BA and ASR at
+    the reported ``epoch`` (``REPORTED_EPOCHS``: last, or the paper's best-BA epoch)."""
+    trials = at_reported_epoch(trials, epoch)
     ablation = ablation_grid(trials, **filters)
     try:
         augment = augment_grid(trials, **filters)
@@ -434,7 +437,7 @@ def report(trials: pd.DataFrame, fmt: str = "md", **filters) -> str:
     if fmt == "csv":
         both = pd.concat([ablation.assign(table="ablation"), augment.assign(table="augment")])
         return both.to_csv(index=False)
-    text = render_grid(ablation, fmt)
+    text = render_grid(ablation, fmt, epoch=epoch)
     if not augment.empty:
-        text += "\n" + render_grid(augment, fmt, title="Augmentation comparison")
+        text += "\n" + render_grid(augment, fmt, title="Augmentation comparison", epoch=epoch)
     return text

@@ -27,7 +27,7 @@ from _cli import OneLineErrorParser, add_sweep_options, data_root, fail, session
 from vb_sweep.config import DEFENSES
 from vb_sweep.errors import ConfigError
 from vb_sweep.grid import GridOptions, build_grid, build_table_grid, write_grid_files
-from vb_sweep.results import read_trials
+from vb_sweep.results import REPORTED_EPOCHS, read_trials
 from vb_sweep.sweep import SweepSession, grid_param_space
 
 PROG = "ablation.py"
@@ -45,6 +45,9 @@ def build_parser() -> OneLineErrorParser:
     grid.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0")
     grid.add_argument("--t-f", nargs="+", type=float, default=None)
     grid.add_argument("--t-m", nargs="+", type=float, default=None)
+    parser.add_argument("--report-epoch", choices=REPORTED_EPOCHS, default="last",
+                        help="the grid's BA/ASR: last (the trial's last epoch, default) or best "
+                             "(the best-BA epoch and its ASR, what the paper's tables report)")
     return parser
 
 
@@ -71,16 +74,17 @@ def main(argv: list[str] | None = None) -> int:
         print(session.prepare(todo), flush=True)
     except ConfigError as err:
         return fail(PROG, err)
-    return run_and_report(session, configs, todo)
+    return run_and_report(session, configs, todo, args.report_epoch)
 
 
-def run_and_report(session: SweepSession, configs, todo) -> int:
+def run_and_report(session: SweepSession, configs, todo, epoch: str = "last") -> int:
     from vb_sweep.trial import trial_id_for
 
     with session.invocation(len(todo)) as recorder:
         if todo:
             session.run(grid_param_space([session.spec(config) for config in todo]), recorder)
-    grid = build_table_grid(configs, [trial_id_for(c) for c in configs], read_trials(session.out))
+    grid = build_table_grid(configs, [trial_id_for(c) for c in configs], read_trials(session.out),
+                            epoch)
     markdown, csv = write_grid_files(session.out, grid)
     print("\n" + grid.markdown())
     for line in session.locations() + [f"grid:     {markdown} and {csv}"]:

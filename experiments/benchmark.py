@@ -28,7 +28,8 @@ from vb_sweep.engine import (SSTSettings, mix_epoch, plain_epoch, sst_epoch,  # 
                              unlabeled_batch_size)
 from vb_sweep.metrics import iterate_logits  # noqa: E402
 from vb_sweep.models import build_model  # noqa: E402
-from vb_sweep.trial import load_trial_data, place_model, resolve_device, step_settings  # noqa: E402
+from vb_sweep.artifacts import load_trial_data, step_settings  # noqa: E402
+from vb_sweep.device import place_model, resolve_device  # noqa: E402
 from vb_sweep.victim import prediction_entropy  # noqa: E402
 
 

@@ -380,3 +380,24 @@ def test_notebook_runs_end_to_end(rows, tmp_path, monkeypatch):
     assert any("image/png" in o.get("data", {}) for o in outputs)
     assert any("vb-sweep-grid" in o.get("data", {}).get("text/html", "") for o in outputs)
     assert (tmp_path / "figures" / "variant_bars.png").exists()
+
+
+def test_best_epoch_table_shows_the_best_ba_epochs_figures(tmp_path, capsys):
+    rows = [trial_row("t1", "badnets", "none", 0, ba=0.90, asr=0.95, best_ba=0.93,
+                      best_ba_asr=0.97, best_epoch=7),
+            trial_row("t2", "badnets", "vab", 0, ba=0.85, asr=0.02, best_ba=0.88,
+                      best_ba_asr=0.04, best_epoch=5)]
+    folder = write_results(tmp_path / "best", rows)
+    assert ablation_table.main([str(folder)]) == 0
+    last = capsys.readouterr().out
+    assert "| vab | 85.0 | 2.0 |" in last and "at the last epoch" in last
+    assert ablation_table.main([str(folder), "--epoch", "best"]) == 0
+    best = capsys.readouterr().out
+    assert "| vab | 88.0 | 4.0 |" in best and "at the best-BA epoch" in best
+    assert "| none | 93.0 | 97.0 |" in best
+
+
+def test_best_epoch_of_rows_without_it_is_a_one_line_error(results, capsys):
+    assert ablation_table.main([str(results), "--epoch", "best"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "best-epoch" in err

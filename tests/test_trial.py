@@ -60,8 +60,8 @@ def test_resumed_trial_equals_uninterrupted_one(tmp_path):
     config = tiny_config(defense="F+AT+SST")
     saved = {}
 
-    def save(state):
-        if state["epoch"] == 2:
+    def save(state):  # the mix stage (epochs 1-2) comes from the cache: no checkpoint of its own
+        if state["epoch"] == 3:
             path = tmp_path / "checkpoint.pt"
             torch.save(state, path)
             saved["path"] = path
@@ -137,10 +137,46 @@ def test_cli_run_prints_progress_and_writes_parquet(tmp_path, capsys):
 
 
 def test_bf16_autocast_only_where_the_device_computes_bf16_natively():
-    from vb_sweep.trial import autocast_dtype
+    from vb_sweep.device import autocast_dtype
 
     assert autocast_dtype(True, "cuda") is torch.bfloat16
     assert autocast_dtype(True, "cpu", cpu_bf16=True) is torch.bfloat16
     assert autocast_dtype(True, "cpu", cpu_bf16=False) is None
     assert autocast_dtype(False, "cuda") is None
     assert autocast_dtype(False, "cpu", cpu_bf16=True) is None
+
+
+def test_mix_stage_is_trained_once_for_the_four_mixing_variants(tmp_path):
+    cache = ArtifactCache(tmp_path / "cache")
+    rows = {defense: run_trial(tiny_config(defense=defense), cache=cache).row
+            for defense in ("F+AT", "F+AT+SST", "F+AT+SST+S", "vab")}
+    assert len([key for key in cache.builds if key.startswith("mix_stage-")]) == 1
+    assert rows["F+AT"]["mix_stage_cached"] is False
+    assert all(rows[d]["mix_stage_cached"] is True for d in ("F+AT+SST", "F+AT+SST+S", "vab"))
+    plain = run_trial(tiny_config(defense="F"), cache=cache).row
+    assert plain["mix_stage_cached"] is None  # no mixing: nothing to share
+
+
+@pytest.mark.parametrize("defense", ["vab", "F+AT"])
+def test_shared_mix_stage_gives_the_same_trial_as_an_unshared_one(tmp_path, defense):
+    cache = ArtifactCache(tmp_path / "cache")
+    run_trial(tiny_config(defense="F+AT+SST"), cache=cache)  # fills the shared mix stage
+    shared = run_trial(tiny_config(defense=defense), cache=cache)
+    alone = run_trial(tiny_config(defense=defense, share_mix_stage=False),
+                      cache=ArtifactCache(tmp_path / "alone"))
+    assert shared.row["mix_stage_cached"] is True and alone.row["mix_stage_cached"] is None
+    for column in ("ba", "asr", "ra", "best_ba", "best_ba_asr", "best_epoch", "credible_size",
+                   "filter_precision", "filter_recall", "clean_target_rate"):
+        assert shared.row[column] == alone.row[column], column
+    drop = ("trial_id", "seconds", "images_per_s")
+    assert ([{k: v for k, v in r.items() if k not in drop} for r in shared.history]
+            == [{k: v for k, v in r.items() if k not in drop} for r in alone.history])
+    assert [r["epoch"] for r in shared.history] == [0, 1, 2, 3, 4]
+
+
+def test_progress_sees_every_epoch_of_a_cached_mix_stage(tmp_path):
+    cache = ArtifactCache(tmp_path / "cache")
+    run_trial(tiny_config(defense="F+AT"), cache=cache)
+    seen = []
+    run_trial(tiny_config(defense="vab"), cache=cache, on_epoch=seen.append)
+    assert [record["epoch"] for record in seen] == [0, 1, 2, 3, 4]

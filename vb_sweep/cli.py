@@ -85,7 +85,8 @@ def config_from_args(args):
 def command_run(args) -> int:
     from vb_sweep.cache import ArtifactCache
     from vb_sweep.results import write_trial
-    from vb_sweep.trial import load_trial_data, make_attack, run_trial
+    from vb_sweep.artifacts import load_trial_data, make_attack
+    from vb_sweep.trial import run_trial
 
     config = config_from_args(args)
     out = check_writable(Path(args.out))

@@ -19,6 +19,14 @@ DEFENSES = ("none", "F", "F+AT", "F+AT+SST", "F+AT+SST+S", "vab")
 AUGMENTS = ("attentionmix", "mixup", "cutmix", "attentive_cutmix")
 PRESETS = ("smoke", "cpu", "paper")
 ATTENTION_INTERPOLATIONS = ("bilinear", "nearest")
+# How the Beneficiary's passes of a mixing step meet BatchNorm (METHOD.md section 9):
+# - "authors": as the authors' code runs them. The no-grad passes (the attention on the clean
+#   views, SST's pseudo-labels on the unlabeled views) run in train mode, one view at a time, so
+#   batch statistics normalise them and BN's running statistics see clean images; the training
+#   forwards are separate passes too (mixed first half, mixed second half, each unlabeled view).
+# - "joint": the attention in eval mode and one concatenated training forward, so the running
+#   statistics are built from the training batch only (mixed images, plus SST's unlabeled views).
+BATCHNORM_PASSES = ("authors", "joint")
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,8 @@ class TrialConfig:
     device: str = "auto"
     amp: bool = True                       # bf16 autocast on CUDA and bf16-native CPUs
     eval_batch_size: int = 1024
+    batchnorm_passes: str = "authors"      # BATCHNORM_PASSES; "joint": the old engine
+    share_mix_stage: bool = True           # start the SST stage from the cached mix stage
 
     # ---------------------------------------------------------------------------------------
     @property
@@ -142,6 +152,9 @@ class TrialConfig:
         check_fraction("entropy_smoothing", self.entropy_smoothing)
         check_choice("attention_interpolation", self.attention_interpolation,
                      ATTENTION_INTERPOLATIONS)
+        check_choice("batchnorm_passes", self.batchnorm_passes, BATCHNORM_PASSES)
+        for name in ("amp", "share_mix_stage"):
+            check_choice(name, getattr(self, name), (True, False))
         check_number("seed", self.seed, integer=True, minimum=0)
         check_number("target", self.target, integer=True, minimum=0)
         for name in ("epochs", "batch_size", "victim_batch_size", "warm_up", "resplit_every",

@@ -111,8 +111,10 @@ def run_beneficiary(config: TrialConfig, model, data: BeneficiaryData, eval_set:
                     trajectory: VictimTrajectory | None, step: StepSettings,
                     on_epoch: Callable[[dict], None] | None = None,
                     checkpoint: dict | None = None,
-                    save_checkpoint: Callable[[dict], None] | None = None) -> list[dict]:
-    """Train the Beneficiary for ``config.epochs`` epochs; return the history records."""
+                    save_checkpoint: Callable[[dict], None] | None = None,
+                    last_epoch: int | None = None) -> list[dict]:
+    """Train the Beneficiary after the ``checkpoint``'s epoch (or from the start) up to
+    ``last_epoch`` (default: ``config.epochs``); return the history records."""
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     history: list[dict] = []
@@ -131,7 +133,8 @@ def run_beneficiary(config: TrialConfig, model, data: BeneficiaryData, eval_set:
         if on_epoch:
             on_epoch(record)
 
-    for epoch in range(first_epoch, config.epochs + 1):
+    last_epoch = config.epochs if last_epoch is None else last_epoch
+    for epoch in range(first_epoch, last_epoch + 1):
         lr = learning_rate(config, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr

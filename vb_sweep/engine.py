@@ -30,6 +30,7 @@ class StepSettings:
     t_m: float = 0.1
     interpolation: str = "bilinear"
     flip: bool = True                # horizontal flip in the standard augmentation
+    batchnorm_passes: str = "authors"  # config.BATCHNORM_PASSES: how B's passes meet BN
 
 
 @dataclass
@@ -49,9 +50,13 @@ def _inputs(images_uint8: torch.Tensor, settings: StepSettings) -> torch.Tensor:
     return settings.normalize(images_uint8)
 
 
+def _autocast(device_type: str, settings: StepSettings):
+    return torch.autocast(device_type, dtype=settings.autocast_dtype,
+                          enabled=settings.autocast_dtype is not None)
+
+
 def _step(model, optimizer, loss_fn, settings: StepSettings) -> float:
-    with torch.autocast(settings.normalize.mean.device.type, dtype=settings.autocast_dtype,
-                        enabled=settings.autocast_dtype is not None):
+    with _autocast(settings.normalize.mean.device.type, settings):
         loss = loss_fn()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -75,14 +80,29 @@ def plain_epoch(model, optimizer, images, labels, indices, settings: StepSetting
     return EpochStats(float(total) / max(1, indices.numel()), indices.numel())
 
 
+def _separate_passes(settings: StepSettings) -> bool:
+    return settings.batchnorm_passes == "authors"
+
+
+def forward_parts(model, parts: list[torch.Tensor], settings: StepSettings) -> torch.Tensor:
+    """The model's logits on the concatenation of ``parts``: one forward per part (each with
+    its own batch statistics) in the authors' way, one forward of the whole batch otherwise."""
+    if _separate_passes(settings):
+        return torch.cat([model(part) for part in parts if part.shape[0]])
+    return model(torch.cat(parts))
+
+
 @torch.no_grad()
-def attention_maps(model, x: torch.Tensor, settings: StepSettings) -> torch.Tensor:
-    """The Beneficiary's attention on a batch, without gradients and in eval mode."""
-    model.eval()
-    with torch.autocast(x.device.type, dtype=settings.autocast_dtype,
-                        enabled=settings.autocast_dtype is not None):
-        _, features = model.forward_with_features(x)
-    model.train()
+def attention_maps(model, views: list[torch.Tensor], settings: StepSettings) -> torch.Tensor:
+    """The Beneficiary's attention on the clean views, without gradients: in train mode, one
+    view at a time (the authors' way), or in eval mode on all of them at once ("joint")."""
+    with _autocast(views[0].device.type, settings):
+        if _separate_passes(settings):
+            features = torch.cat([model.forward_with_features(view)[1] for view in views])
+        else:
+            model.eval()
+            _, features = model.forward_with_features(torch.cat(views))
+            model.train()
     return attention_from_features(features)
 
 
@@ -90,7 +110,8 @@ def mixed_views(model, images_uint8, targets, settings: StepSettings):
     """Two independently augmented views of each image, mixed by the configured mixer."""
     x = _inputs(images_uint8.repeat(2, 1, 1, 1), settings)  # both views in one batched op
     y = targets.repeat(2, 1)
-    attention = attention_maps(model, x, settings) if settings.augment in ATTENTION_MIXERS else None
+    attention = (attention_maps(model, list(x.chunk(2)), settings)
+                 if settings.augment in ATTENTION_MIXERS else None)
     return apply_mixer(settings.augment, x, y, attention, settings.t_m, settings.interpolation)
 
 
@@ -102,7 +123,9 @@ def mix_epoch(model, optimizer, images, labels, indices, num_classes,
     for batch in _shuffled_batches(indices, settings.batch_size):
         targets = F.one_hot(labels[batch], num_classes).float()
         x, y = mixed_views(model, images[batch], targets, settings)
-        total += _step(model, optimizer, lambda: soft_cross_entropy(model(x), y),
+        halves = list(x.chunk(2))
+        total += _step(model, optimizer,
+                       lambda: soft_cross_entropy(forward_parts(model, halves, settings), y),
                        settings) * batch.numel()
     return EpochStats(float(total) / max(1, indices.numel()), 2 * indices.numel())
 
@@ -131,6 +154,24 @@ class SSTSettings:
     suppress_labeled: bool
 
 
+@torch.no_grad()
+def no_grad_logits(model, views: list[torch.Tensor], settings: StepSettings) -> torch.Tensor:
+    """The Beneficiary's logits on each view in its own train-mode pass (the authors' way of
+    taking pseudo-labels: batch statistics, running statistics updated)."""
+    with _autocast(views[0].device.type, settings):
+        return torch.cat([model(view) for view in views])
+
+
+def unlabeled_targets(view_logits: torch.Tensor, u_idx: torch.Tensor, victim_soft,
+                      num_classes: int, sst: "SSTSettings") -> torch.Tensor:
+    """The soft targets of every unlabeled view: the pseudo-label over the K views, suppressed
+    by the Victim's tempered softmax when the variant suppresses, repeated for each view."""
+    guess = pseudo_labels(view_logits, sst.views, num_classes, sst.sharpen_temperature)
+    if sst.suppress_unlabeled:
+        guess = suppress(guess, victim_soft[u_idx].float())
+    return guess.repeat(sst.views, 1)
+
+
 def unlabeled_batch_size(labeled: int, unlabeled: int, batch_size: int) -> tuple[int, int]:
     """Steps per epoch and the unlabeled batch size so one epoch covers both sets once."""
     steps = max(1, math.ceil(labeled / batch_size))
@@ -139,8 +180,9 @@ def unlabeled_batch_size(labeled: int, unlabeled: int, batch_size: int) -> tuple
 
 def sst_epoch(model, optimizer, images, labels, labeled_idx, unlabeled_idx, victim_soft,
               num_classes, settings: StepSettings, sst: SSTSettings) -> EpochStats:
-    """Semi-supervised suppression training (METHOD.md section 3): the mixed labeled batch and
-    K views of an unlabeled batch go through the model in one forward pass."""
+    """Semi-supervised suppression training (METHOD.md section 3) on the mixed labeled batch
+    and K views of an unlabeled batch; ``settings.batchnorm_passes`` says how they meet the
+    model (separate passes, pseudo-labels from no-grad passes; or one joint forward)."""
     model.train()
     steps, u_batch = unlabeled_batch_size(labeled_idx.numel(), unlabeled_idx.numel(),
                                           settings.batch_size)
@@ -156,19 +198,22 @@ def sst_epoch(model, optimizer, images, labels, labeled_idx, unlabeled_idx, vict
             targets = suppress(targets, victim_soft[l_batch].float())
         x_mix, y_mix = mixed_views(model, images[l_batch], targets, settings)
         u_views = _inputs(images[u_idx].repeat(sst.views, 1, 1, 1), settings)
+        parts = [*x_mix.chunk(2), *u_views.chunk(sst.views)]
         n_mix = x_mix.shape[0]
+        guess = None
+        if u_idx.numel() and _separate_passes(settings):
+            guess = unlabeled_targets(no_grad_logits(model, parts[2:], settings), u_idx,
+                                      victim_soft, num_classes, sst)
 
         def loss_fn():
-            logits = model(torch.cat([x_mix, u_views]))
+            logits = forward_parts(model, parts, settings)
             loss = soft_cross_entropy(logits[:n_mix], y_mix)
             if u_idx.numel() == 0:
                 return loss
             u_logits = logits[n_mix:]
-            guess = pseudo_labels(u_logits.detach(), sst.views, num_classes,
-                                  sst.sharpen_temperature)
-            if sst.suppress_unlabeled:
-                guess = suppress(guess, victim_soft[u_idx].float())
-            return loss + sst.lambda_u * soft_cross_entropy(u_logits, guess.repeat(sst.views, 1))
+            u_targets = guess if guess is not None else unlabeled_targets(
+                u_logits.detach(), u_idx, victim_soft, num_classes, sst)
+            return loss + sst.lambda_u * soft_cross_entropy(u_logits, u_targets)
 
         total += _step(model, optimizer, loss_fn, settings) * l_batch.numel()
         seen += n_mix + u_views.shape[0]

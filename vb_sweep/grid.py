@@ -18,6 +18,7 @@ import pandas as pd
 
 from vb_sweep.config import DEFENSES, TrialConfig, parse_overrides, preset_config, scaled_schedule
 from vb_sweep.errors import ConfigError, check_choice, check_fraction
+from vb_sweep.results import EPOCH_LEGEND, at_reported_epoch
 
 MANIFEST = "sweep.json"
 GRID_MARKDOWN = "grid.md"
@@ -150,6 +151,7 @@ class GridTable:
     attacks: list[str]
     frame: pd.DataFrame            # index: variant; columns: (attack, "BA" | "ASR"); fractions
     seeds: int
+    epoch: str = "last"            # the reported epoch (results.REPORTED_EPOCHS)
 
 
 @dataclass
@@ -172,6 +174,7 @@ class Grid:
             for position, (axis, value) in enumerate(table.axes.items()):
                 wide.insert(position, axis, value)
             wide.insert(len(table.axes) + 1, "seeds", table.seeds)
+            wide.insert(len(table.axes) + 2, "epoch", table.epoch)
             frames.append(wide)
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -180,12 +183,14 @@ AXES = ("dataset", "poison_rate", "t_f", "t_m")
 
 
 def build_table_grid(configs: list[TrialConfig], trial_ids: list[str],
-                     trials: pd.DataFrame) -> Grid:
-    """Rows: variants in Table 4 order; columns: attack x (BA, ASR), means over seeds. One table
-    per (dataset, poisoning rate, t_f, t_m) combination of the grid."""
+                     trials: pd.DataFrame, epoch: str = "last") -> Grid:
+    """Rows: variants in Table 4 order; columns: attack x (BA, ASR) at the reported ``epoch``
+    (``results.REPORTED_EPOCHS``), means over seeds. One table per (dataset, poisoning rate,
+    t_f, t_m) combination of the grid."""
     cells = pd.DataFrame([{**config.to_dict(), "trial_id": trial_id}
                           for config, trial_id in zip(configs, trial_ids)])
-    rows = trials.drop_duplicates("trial_id", keep="last").set_index("trial_id")
+    rows = at_reported_epoch(trials, epoch).drop_duplicates("trial_id", keep="last")
+    rows = rows.set_index("trial_id")
     cells = cells.join(rows[["status", "ba", "asr", "error"]], on="trial_id")
     cells[["ba", "asr"]] = cells[["ba", "asr"]].astype(float)
     tables = []
@@ -201,7 +206,7 @@ def build_table_grid(configs: list[TrialConfig], trial_ids: list[str],
         frame.columns = pd.MultiIndex.from_tuples(frame.columns)
         axes = dict(zip(AXES, key))
         tables.append(GridTable(_table_title(axes), axes, attacks, frame,
-                                group["seed"].nunique()))
+                                group["seed"].nunique(), epoch))
     return Grid(tables, missing_cells(cells))
 
 
@@ -235,7 +240,7 @@ def render_table(table: GridTable) -> str:
     seeds = f", mean of {table.seeds} seeds" if table.seeds > 1 else ""
     header = ["variant"] + [f"{attack} {metric}" for attack in table.attacks
                             for metric in ("BA", "ASR")]
-    lines = [f"### {table.title} (BA / ASR in %{seeds})", "",
+    lines = [f"### {table.title} (BA / ASR in % at the {EPOCH_LEGEND[table.epoch]}{seeds})", "",
              "| " + " | ".join(header) + " |",
              "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for variant, values in table.frame.iterrows():

@@ -368,37 +368,50 @@ def stderr_held_back():
 
 
 # -- preparing the shared artifacts ---------------------------------------------------------------
-def _artifact_keys(config_dicts: list[dict]) -> list[tuple[str, str | None]]:
-    """(poison key, Victim key or None) per configuration, by the trial module's cache keys."""
+ARTIFACT_KINDS = ("poison", "victim", "mix_stage")  # in the order they depend on each other
+ARTIFACT_NAMES = {"poison": "poisoned set(s)", "victim": "Victim trajectory(ies)",
+                  "mix_stage": "mix stage(s)"}
+
+
+def _artifact_keys(config_dicts: list[dict]) -> list[dict[str, str]]:
+    """Per configuration, the cache key of each shared artifact it uses (kind -> key)."""
+    from vb_sweep.artifacts import (load_trial_data, mix_stage_cache_parts, poison_cache_parts,
+                                    shares_mix_stage, victim_cache_parts)
     from vb_sweep.cache import cache_key
-    from vb_sweep.trial import load_trial_data, poison_cache_parts, victim_cache_parts
+    from vb_sweep.device import resolve_device
 
     keys = []
     for values in config_dicts:
         config = TrialConfig.from_dict(values)
         data = load_trial_data(config)
-        poison = cache_key("poison", poison_cache_parts(config, data))
-        victim = cache_key("victim", victim_cache_parts(config, data)) \
-            if config.flags.filter else None
-        keys.append((poison, victim))
+        device = resolve_device(config.device)
+        uses = {"poison": cache_key("poison", poison_cache_parts(config, data))}
+        if config.flags.filter:
+            uses["victim"] = cache_key("victim", victim_cache_parts(config, data, device))
+        if shares_mix_stage(config):
+            uses["mix_stage"] = cache_key("mix_stage", mix_stage_cache_parts(config, data, device))
+        keys.append(uses)
     return keys
 
 
 def _prepare(kind: str, values: dict, cache_dir: str) -> bool:
-    """Build one artifact into the cache (``kind``: poison | victim); True if it was there."""
+    """Build one artifact into the cache (``kind``: one of ARTIFACT_KINDS); True if it was
+    there."""
+    from vb_sweep import artifacts
     from vb_sweep.cache import ArtifactCache
-    from vb_sweep.trial import prepare_poisoned_set, prepare_victim
 
-    prepare = prepare_poisoned_set if kind == "poison" else prepare_victim
+    prepare = {"poison": artifacts.prepare_poisoned_set, "victim": artifacts.prepare_victim,
+               "mix_stage": artifacts.prepare_mix_stage}[kind]
     _, cached = prepare(TrialConfig.from_dict(values), ArtifactCache(cache_dir))
     return bool(cached)
 
 
 def prepare_artifacts(configs: list[TrialConfig], cache_dir: str, resources: Resources,
                       victims: bool = True) -> str:
-    """Build each distinct poisoned set, then each distinct Victim trajectory, once, as Ray
-    tasks, before any trial starts; the trials then read them from the cache. Returns a summary
-    line. A ``ConfigError`` raised on a worker (say, missing dataset files) is raised here."""
+    """Build each distinct poisoned set, then each distinct Victim trajectory, then each
+    distinct mix stage, once, as Ray tasks, before any trial starts; the trials then read them
+    from the cache. ``victims=False`` builds the poisoned sets only. Returns a summary line. A
+    ``ConfigError`` raised on a worker (say, missing dataset files) is raised here."""
     import ray
 
     if not configs:
@@ -406,14 +419,16 @@ def prepare_artifacts(configs: list[TrialConfig], cache_dir: str, resources: Res
     started = time.perf_counter()
     values = [config.to_dict() for config in configs]
     keys = _remote_call(ray.remote(_artifact_keys).options(num_cpus=1).remote(values))
-    poison = {p: v for (p, _), v in zip(keys, values)}
-    victim = {k: v for (_, k), v in zip(keys, values) if k is not None and victims}
+    kinds = ARTIFACT_KINDS if victims else ARTIFACT_KINDS[:1]
+    todo = {kind: {uses[kind]: v for uses, v in zip(keys, values) if kind in uses}
+            for kind in kinds}
     prepare = ray.remote(_prepare).options(**resources.task_options())
     cached = []
-    for kind, todo in (("poison", poison), ("victim", victim)):
-        cached += _remote_call([prepare.remote(kind, v, cache_dir) for v in todo.values()])
-    return (f"{len(poison)} poisoned set(s) and {len(victim)} Victim trajectory(ies) ready "
-            f"({sum(cached)} already cached) in {time.perf_counter() - started:.0f} s")
+    for kind in kinds:
+        cached += _remote_call([prepare.remote(kind, v, cache_dir) for v in todo[kind].values()])
+    counts = ", ".join(f"{len(todo[kind])} {ARTIFACT_NAMES[kind]}" for kind in kinds)
+    return (f"{counts} ready ({sum(cached)} already cached) in "
+            f"{time.perf_counter() - started:.0f} s")
 
 
 def _remote_call(refs):

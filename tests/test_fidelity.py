@@ -1,0 +1,124 @@
+"""How the networks run, as in the authors' code (METHOD.md section 9): BatchNorm passes,
+initialisation, the reported best epoch, and cache keys that cover the precision."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import vb_sweep.device
+from vb_sweep.artifacts import load_trial_data, new_network, prepare_victim
+from vb_sweep.augment import Normalizer
+from vb_sweep.cache import ArtifactCache
+from vb_sweep.config import preset_config, scaled_schedule
+from vb_sweep.engine import StepSettings, mix_epoch
+from vb_sweep.models.base import FeatureClassifier
+from vb_sweep.trial import best_epoch
+
+TINY = dict(train_per_class=12, test_per_class=6, warm_up=2, eval_batch_size=256,
+            batch_size=32, victim_batch_size=32, **scaled_schedule(4))
+
+
+class InputNormNet(FeatureClassifier):
+    """BatchNorm straight on the input: its running statistics are those of the images."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(3, momentum=None)  # cumulative average over every pass
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.linear = nn.Linear(4, 10)
+        self.seen: list[torch.Tensor] = []          # inputs of train-mode passes
+        self.bn.register_forward_hook(
+            lambda module, args, out: self.seen.append(args[0].detach().clone())
+            if module.training else None)
+
+    def features(self, x):
+        return self.conv(self.bn(x))
+
+    def classify(self, feature_map):
+        return self.linear(feature_map.mean((2, 3)))
+
+
+def one_mix_step(passes: str):
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (16,))
+    normalize = Normalizer(torch.full((3,), 0.5), torch.full((3,), 0.25), "cpu")
+    # No augmentation and t_m = 0 (the mask covers everything): each mixed image is the mean
+    # of two clean ones, with about half their variance.
+    settings = StepSettings(normalize, batch_size=16, padding=None, t_m=0.0,
+                            batchnorm_passes=passes)
+    model = InputNormNet()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    mix_epoch(model, optimizer, images, labels, torch.arange(16), 10, settings)
+    return model, normalize(images)
+
+
+def channel_moments(batch: torch.Tensor) -> torch.Tensor:
+    return torch.stack([batch.sum((0, 2, 3)), batch.pow(2).sum((0, 2, 3))])
+
+
+def test_batchnorm_running_statistics_see_the_clean_views_by_default():
+    model, clean = one_mix_step("authors")
+    clean_var = clean.var((0, 2, 3))
+    # Train-mode passes: the two clean views (attention), then the two mixed halves.
+    assert len(model.seen) == 4
+    for view in model.seen[:2]:
+        assert torch.allclose(channel_moments(view), channel_moments(clean), rtol=1e-5)
+    joint, _ = one_mix_step("joint")
+    assert len(joint.seen) == 1  # the mixed batch only; the attention pass ran in eval mode
+    assert not torch.allclose(channel_moments(joint.seen[0][:16]), channel_moments(clean),
+                              rtol=1e-2)
+    authors_gap = (model.bn.running_var - clean_var).abs()
+    joint_gap = (joint.bn.running_var - clean_var).abs()
+    assert (authors_gap < 0.6 * joint_gap).all(), (model.bn.running_var, joint.bn.running_var,
+                                                   clean_var)
+
+
+def test_victim_and_beneficiary_start_from_different_weights_and_repeat_by_seed():
+    config = preset_config("smoke", **TINY)
+    data = load_trial_data(config)
+    victim = new_network(config, data, "victim", "cpu").state_dict()
+    beneficiary = new_network(config, data, "beneficiary", "cpu").state_dict()
+    again = new_network(config, data, "beneficiary", "cpu").state_dict()
+    convs = [name for name, value in victim.items() if value.dim() == 4]
+    assert all(not torch.equal(victim[name], beneficiary[name]) for name in convs)
+    assert all(torch.equal(beneficiary[name], again[name]) for name in beneficiary)
+    other_seed = new_network(config.replace(seed=1), data, "beneficiary", "cpu").state_dict()
+    assert not torch.equal(other_seed[convs[0]], beneficiary[convs[0]])
+
+
+def test_convolutions_are_kaiming_normal_fan_out():
+    config = preset_config("cpu", **TINY)
+    weight = new_network(config, load_trial_data(config.replace(dataset="synthetic")),
+                         "victim", "cpu").block1[1][0].weight  # SmallCNN's 32 -> 32 conv
+    fan_out = weight.shape[0] * weight.shape[2] * weight.shape[3]
+    assert weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.05)
+    assert weight.mean().item() == pytest.approx(0.0, abs=0.01)
+
+
+def test_best_epoch_is_the_highest_ba_epoch_with_its_asr():
+    history = [{"epoch": 0, "stage": "victim"},  # the Victim's split: no BA
+               {"epoch": 1, "ba": 0.50, "asr": 0.90},
+               {"epoch": 2, "ba": 0.80, "asr": 0.30},
+               {"epoch": 3, "ba": 0.80, "asr": 0.10},  # a tie: the first one counts
+               {"epoch": 4, "ba": 0.70, "asr": 0.05}]
+    assert best_epoch(history) == {"best_ba": 0.80, "best_ba_asr": 0.30, "best_epoch": 2}
+
+
+def test_a_victim_cached_in_one_precision_is_not_returned_for_the_other(tmp_path, monkeypatch):
+    cache = ArtifactCache(tmp_path / "cache")
+    config = preset_config("smoke", **TINY, defense="vab").validate()
+    fp32, cached = prepare_victim(config, cache, "cpu")
+    assert cached is False
+    monkeypatch.setattr(vb_sweep.device, "cpu_has_native_bf16", lambda: True)  # bf16 now
+    bf16, cached = prepare_victim(config, cache, "cpu")
+    assert cached is False
+    assert len([key for key in cache.builds if key.startswith("victim-")]) == 2
+    _, cached = prepare_victim(config, cache, "cpu")
+    assert cached is True
+    monkeypatch.undo()
+    _, cached = prepare_victim(config, cache, "cpu")
+    assert cached is True
+    assert len([key for key in cache.builds if key.startswith("victim-")]) == 2

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from _cli import OneLineErrorParser, add_sweep_options, data_root, fail, session_options
 
-from vb_sweep.config import DEFENSES, parse_overrides, preset_config, scaled_schedule
+from vb_sweep.config import (DEFENSES, merge_overrides, parse_overrides, preset_config,
+                             scaled_schedule)
 from vb_sweep.errors import ConfigError, check_fraction
 from vb_sweep.sweep import SweepSession
 
@@ -58,11 +59,11 @@ def build_parser() -> OneLineErrorParser:
 
 # -- options --------------------------------------------------------------------------------------
 def base_config(args):
+    options = dict(attack=args.attack, dataset=args.dataset, poison_rate=args.poison_rate,
+                   defense=args.defense, seed=args.seed, data_root=data_root(args))
     schedule = scaled_schedule(args.epochs) if args.epochs is not None else {}
-    return preset_config(args.preset, **schedule, **parse_overrides(args.set),
-                         attack=args.attack, dataset=args.dataset,
-                         poison_rate=args.poison_rate, defense=args.defense, seed=args.seed,
-                         data_root=data_root(args)).validate()
+    return preset_config(args.preset, **merge_overrides(options, schedule,
+                                                        parse_overrides(args.set))).validate()
 
 
 def check_search_options(args) -> dict[str, tuple[float, float]]:

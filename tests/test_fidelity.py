@@ -13,6 +13,7 @@ from vb_sweep.augment import Normalizer
 from vb_sweep.cache import ArtifactCache
 from vb_sweep.config import preset_config, scaled_schedule
 from vb_sweep.engine import StepSettings, mix_epoch
+from vb_sweep.models import build_model
 from vb_sweep.models.base import FeatureClassifier
 from vb_sweep.trial import best_epoch
 
@@ -79,23 +80,26 @@ def test_batchnorm_running_statistics_see_the_clean_views_by_default():
 def test_victim_and_beneficiary_start_from_different_weights_and_repeat_by_seed():
     config = preset_config("smoke", **TINY)
     data = load_trial_data(config)
-    victim = new_network(config, data, "victim", "cpu").state_dict()
-    beneficiary = new_network(config, data, "beneficiary", "cpu").state_dict()
-    again = new_network(config, data, "beneficiary", "cpu").state_dict()
+
+    def weights(role, seed=0):
+        torch.manual_seed(seed)
+        return new_network(config, data, role, "cpu").state_dict()
+
+    victim, beneficiary = weights("victim"), weights("beneficiary")
     convs = [name for name, value in victim.items() if value.dim() == 4]
     assert all(not torch.equal(victim[name], beneficiary[name]) for name in convs)
+    again = weights("beneficiary")
     assert all(torch.equal(beneficiary[name], again[name]) for name in beneficiary)
-    other_seed = new_network(config.replace(seed=1), data, "beneficiary", "cpu").state_dict()
-    assert not torch.equal(other_seed[convs[0]], beneficiary[convs[0]])
+    assert not torch.equal(weights("beneficiary", seed=1)[convs[0]], beneficiary[convs[0]])
 
 
-def test_convolutions_are_kaiming_normal_fan_out():
-    config = preset_config("cpu", **TINY)
-    weight = new_network(config, load_trial_data(config.replace(dataset="synthetic")),
-                         "victim", "cpu").block1[1][0].weight  # SmallCNN's 32 -> 32 conv
+@pytest.mark.parametrize("name", ["resnet18", "preact_resnet18"])
+def test_resnet_convolutions_are_kaiming_normal_fan_out(name):
+    torch.manual_seed(0)
+    weight = build_model(name, 10).layer3[0].conv2.weight  # 256 -> 256, 3x3
     fan_out = weight.shape[0] * weight.shape[2] * weight.shape[3]
-    assert weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.05)
-    assert weight.mean().item() == pytest.approx(0.0, abs=0.01)
+    assert weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.02)
+    assert weight.mean().item() == pytest.approx(0.0, abs=0.002)
 
 
 def test_best_epoch_is_the_highest_ba_epoch_with_its_asr():

@@ -53,12 +53,35 @@ def test_every_axis_multiplies_the_grid_and_overrides_reach_every_cell():
     (GridOptions(preset="huge"), "preset"),
     (GridOptions(overrides=["no_such_field=1"]), "--set field"),
     (GridOptions(overrides=["epochs=0"]), "epochs"),
+    (GridOptions(overrides=["lr_milestones=5"]), "lr_milestones"),
 ])
 def test_bad_options_name_their_field(options, field):
     with pytest.raises(ConfigError) as caught:
         build_grid(options)
     assert caught.value.field == field
     assert "\n" not in str(caught.value)
+
+
+def test_set_overrides_the_options_fields_too():
+    """--set comes last: it may change a field that is also an option or an axis."""
+    configs = build_grid(GridOptions(attacks=["badnets"], defenses=["vab"], t_m=[0.3],
+                                     epochs=4, overrides=["t_m=0.1", "seed=2", "mix_epochs=1"]))
+    assert [(c.t_m, c.seed, c.epochs, c.mix_epochs) for c in configs] == [(0.1, 2, 4, 1)]
+
+
+def test_set_overrides_options_in_every_entry_point():
+    from vb_sweep.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["run", "--t-m", "0.3", "--epochs", "4",
+                                      "--set", "t_m=0.1", "seed=3", "lr_milestones=[1, 2]"])
+    config = config_from_args(args)
+    assert (config.t_m, config.seed, config.lr_milestones, config.epochs) == (0.1, 3, (1, 2), 4)
+    import threshold_search  # experiments/ is on the path (top of this file)
+
+    args = threshold_search.build_parser().parse_args(
+        ["--attack", "badnets", "--seed", "1", "--set", "seed=4", "t_f=0.3"])
+    assert (threshold_search.base_config(args).seed, threshold_search.base_config(args).t_f) \
+        == (4, 0.3)
 
 
 # -- the output folder ----------------------------------------------------------------------------
@@ -129,6 +152,15 @@ def test_fractional_gpus_and_cpu_only_plans():
         cluster = gpu_cluster if "gpus" in bad else cpu_cluster
         with pytest.raises(ConfigError):
             plan_resources(cluster, **bad)
+
+
+def test_lone_preparation_tasks_get_the_sweeps_cores_on_cpus():
+    plan = plan_resources({"CPU": 2.0})
+    assert plan.preparation_options(1) == ({"num_cpus": 2, "num_gpus": 0}, 2)
+    assert plan.preparation_options(2) == (plan.task_options(), 1)
+    assert plan.preparation_options(5) == (plan.task_options(), 1)
+    gpu_plan = plan_resources({"CPU": 32.0, "GPU": 8.0}, gpus=8)
+    assert gpu_plan.preparation_options(1) == (gpu_plan.task_options(), 1)
 
 
 # -- fault hooks ----------------------------------------------------------------------------------

@@ -31,8 +31,8 @@ from vb_sweep.config import TrialConfig
 from vb_sweep.data import DatasetSplits, load_dataset
 from vb_sweep.data.stats import channel_stats
 from vb_sweep.defense import BeneficiaryData, EvalSet, run_beneficiary
-from vb_sweep.device import (autocast_dtype, build_seeded, place_model, precision_name,
-                             resolve_device, seed_everything)
+from vb_sweep.device import (autocast_dtype, place_model, precision_name, resolve_device,
+                             seed_everything)
 from vb_sweep.engine import StepSettings
 from vb_sweep.models import MODELS_VERSION, build_model
 from vb_sweep.victim import VICTIM_ARTIFACT_VERSION, VictimSettings, VictimTrajectory, run_victim
@@ -84,11 +84,15 @@ def step_settings(config: TrialConfig, data: DatasetSplits, device: str, batch_s
                         config.attention_interpolation, config.flip, config.batchnorm_passes)
 
 
+NETWORK_ORDER = ("victim", "beneficiary")
+
+
 def new_network(config: TrialConfig, data: DatasetSplits, role: str, device: str):
-    """The Victim's or the Beneficiary's network: initialised under a seed of its own role, so
-    the two never start from the same weights."""
-    model = build_seeded(lambda: build_model(config.model, data.train.num_classes), config.seed,
-                         role)
+    """The Victim's or the Beneficiary's network, drawn as the authors' code draws them: from
+    the trial's seed, one after the other, the Victim first, so the two never share weights.
+    Call it right after ``seed_everything(config.seed)``; training continues that stream."""
+    for _ in range(NETWORK_ORDER.index(role) + 1):
+        model = build_model(config.model, data.train.num_classes)
     return place_model(model, device)
 
 

@@ -126,6 +126,9 @@ class TrialConfig:
         values = dict(values)
         for tuple_field in ("lr_milestones", "lambda_u"):
             if tuple_field in values and values[tuple_field] is not None:
+                if not isinstance(values[tuple_field], (list, tuple)):
+                    raise ConfigError(tuple_field, values[tuple_field],
+                                      "a list, e.g. [50, 100, 150] or [0.1, 0.5]")
                 values[tuple_field] = tuple(values[tuple_field])
         return cls(**values)
 
@@ -216,6 +219,16 @@ def preset_config(preset: str, **overrides) -> TrialConfig:
     values = {"preset": preset, **PRESET_VALUES[preset]}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrialConfig.from_dict(values)
+
+
+def merge_overrides(*layers: dict) -> dict[str, Any]:
+    """Layers of field values merged in order, a later layer winning; None values are skipped
+    (an option not given). Entry points pass their options, then the schedule of --epochs,
+    then --set, so --set overrides any field, the options' too."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update({key: value for key, value in layer.items() if value is not None})
+    return merged
 
 
 def parse_overrides(assignments: list[str] | None) -> dict[str, Any]:

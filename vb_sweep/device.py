@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
 
@@ -50,17 +48,3 @@ def precision_name(amp: bool, device: str) -> str:
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
-
-def role_seed(seed: int, role: str) -> int:
-    """A seed of its own for each network of a trial ("victim", "beneficiary"), derived from the
-    trial's seed: the two networks start from different weights, and the same seed gives the
-    same weights again."""
-    digest = hashlib.sha256(f"{seed}:{role}".encode()).digest()
-    return int.from_bytes(digest[:7], "big")
-
-
-def build_seeded(build, seed: int, role: str):
-    """``build()`` under the role's own seed, leaving the global random state as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(role_seed(seed, role))
-        return build()

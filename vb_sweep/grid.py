@@ -16,7 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from vb_sweep.config import DEFENSES, TrialConfig, parse_overrides, preset_config, scaled_schedule
+from vb_sweep.config import (DEFENSES, TrialConfig, merge_overrides, parse_overrides,
+                             preset_config, scaled_schedule)
 from vb_sweep.errors import ConfigError, check_choice, check_fraction
 from vb_sweep.results import EPOCH_LEGEND, at_reported_epoch
 
@@ -86,18 +87,18 @@ def build_grid(options: GridOptions) -> list[TrialConfig]:
     """Every cell of the grid as a validated ``TrialConfig`` (raises ``ConfigError``)."""
     check_choice("preset", options.preset, ("smoke", "cpu", "paper"))
     check_axes(options)
-    base = dict(parse_overrides(options.overrides))
-    if options.epochs is not None:
-        base = {**scaled_schedule(options.epochs), **base}
+    schedule = scaled_schedule(options.epochs) if options.epochs is not None else {}
+    overrides = parse_overrides(options.overrides)
     axes = itertools.product(
         options.datasets or [None], options.poison_rates or [None], options.t_f or [None],
         options.t_m or [None], options.seeds or [0], options.attacks or default_attacks(
             options.preset), options.defenses or list(DEFENSES))
-    configs = [
-        preset_config(options.preset, **base, dataset=dataset, poison_rate=rate, t_f=t_f,
-                      t_m=t_m, seed=seed, attack=attack, defense=defense,
-                      data_root=options.data_root).validate()
-        for dataset, rate, t_f, t_m, seed, attack, defense in axes]
+    configs = []
+    for dataset, rate, t_f, t_m, seed, attack, defense in axes:
+        cell = dict(dataset=dataset, poison_rate=rate, t_f=t_f, t_m=t_m, seed=seed,
+                    attack=attack, defense=defense, data_root=options.data_root)
+        configs.append(preset_config(options.preset, **merge_overrides(
+            cell, schedule, overrides)).validate())
     return configs
 
 

@@ -275,6 +275,16 @@ class Resources:
     def task_options(self) -> dict:
         return {"num_cpus": self.cpus_per_trial, "num_gpus": self.gpus_per_trial}
 
+    def preparation_options(self, tasks: int) -> tuple[dict, int]:
+        """Ray options and torch threads for ``tasks`` preparation tasks run at once. On CPUs
+        the sweep's cores are shared out among them, so a lone Victim or mix stage trains on
+        all of them (2 threads train the smoke network 1.6x faster than 1) instead of leaving
+        the other cores idle; on GPUs each task gets a trial's share."""
+        if self.gpus_per_trial or tasks >= self.max_concurrent:
+            return self.task_options(), max(1, int(self.cpus_per_trial))
+        cpus = self.cpus_per_trial * (self.max_concurrent // max(1, tasks))
+        return {"num_cpus": cpus, "num_gpus": 0}, max(1, int(cpus))
+
     def describe(self) -> str:
         gpus = f", {self.gpus_per_trial:g} GPU" if self.gpus_per_trial else ""
         return (f"{self.max_concurrent} trials at a time, each {self.cpus_per_trial:g} CPU"
@@ -394,12 +404,15 @@ def _artifact_keys(config_dicts: list[dict]) -> list[dict[str, str]]:
     return keys
 
 
-def _prepare(kind: str, values: dict, cache_dir: str) -> bool:
-    """Build one artifact into the cache (``kind``: one of ARTIFACT_KINDS); True if it was
-    there."""
+def _prepare(kind: str, values: dict, cache_dir: str, threads: int = 1) -> bool:
+    """Build one artifact into the cache (``kind``: one of ARTIFACT_KINDS) with ``threads``
+    torch threads; True if it was there."""
+    import torch
+
     from vb_sweep import artifacts
     from vb_sweep.cache import ArtifactCache
 
+    torch.set_num_threads(threads)
     prepare = {"poison": artifacts.prepare_poisoned_set, "victim": artifacts.prepare_victim,
                "mix_stage": artifacts.prepare_mix_stage}[kind]
     _, cached = prepare(TrialConfig.from_dict(values), ArtifactCache(cache_dir))
@@ -422,10 +435,12 @@ def prepare_artifacts(configs: list[TrialConfig], cache_dir: str, resources: Res
     kinds = ARTIFACT_KINDS if victims else ARTIFACT_KINDS[:1]
     todo = {kind: {uses[kind]: v for uses, v in zip(keys, values) if kind in uses}
             for kind in kinds}
-    prepare = ray.remote(_prepare).options(**resources.task_options())
     cached = []
     for kind in kinds:
-        cached += _remote_call([prepare.remote(kind, v, cache_dir) for v in todo[kind].values()])
+        options, threads = resources.preparation_options(len(todo[kind]))
+        prepare = ray.remote(_prepare).options(**options)
+        cached += _remote_call([prepare.remote(kind, v, cache_dir, threads)
+                                for v in todo[kind].values()])
     counts = ", ".join(f"{len(todo[kind])} {ARTIFACT_NAMES[kind]}" for kind in kinds)
     return (f"{counts} ready ({sum(cached)} already cached) in "
             f"{time.perf_counter() - started:.0f} s")

@@ -9,7 +9,7 @@ from vb_sweep.models.registry import MODELS, build_model
 
 # Part of the cache key of every artifact a model is trained for (Victim trajectories, the
 # trained attacks' networks): bump when a model's architecture or initialisation changes.
-# 2: Kaiming-normal (fan_out) convolutions, as in the authors' code.
+# 2: the ResNets' convolutions Kaiming-normal (fan_out), as in the authors' code.
 MODELS_VERSION = 2
 
 __all__ = ["MODELS", "MODELS_VERSION", "build_model"]

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vb_sweep.models.base import FeatureClassifier
+from vb_sweep.models.base import FeatureClassifier, init_as_authors
 from vb_sweep.models.resnet import make_stage
 
 
@@ -43,6 +43,7 @@ class PreActResNet18(FeatureClassifier):
         self.layer4 = make_stage(PreActBlock, 256, 512, stride=2)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(512, num_classes)
+        init_as_authors(self)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vb_sweep.models.base import FeatureClassifier, conv_bn_relu
+from vb_sweep.models.base import FeatureClassifier, conv_bn_relu, init_as_authors
 
 
 class BasicBlock(nn.Module):
@@ -47,6 +47,7 @@ class ResNet18(FeatureClassifier):
         self.layer4 = make_stage(BasicBlock, 256, 512, stride=2)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(512, num_classes)
+        init_as_authors(self)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))

@@ -38,7 +38,7 @@ def build_parser() -> OneLineErrorParser:
     add_sweep_options(parser)
     grid = parser.add_argument_group("the grid (space-separated values)")
     grid.add_argument("--attacks", nargs="+", default=None,
-                      help="default: the preset's (smoke: badnets blend)")
+                      help="default: the preset's (smoke: badnets; cpu: badnets blend; paper: all)")
     grid.add_argument("--defenses", nargs="+", default=None, help=" ".join(DEFENSES))
     grid.add_argument("--datasets", nargs="+", default=None, help="default: the preset's")
     grid.add_argument("--poison-rates", nargs="+", type=float, default=None)

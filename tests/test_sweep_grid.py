@@ -163,6 +163,17 @@ def test_lone_preparation_tasks_get_the_sweeps_cores_on_cpus():
     assert gpu_plan.preparation_options(1) == (gpu_plan.task_options(), 1)
 
 
+def test_progress_line_has_elapsed_time_and_an_estimate_of_the_rest():
+    from vb_sweep.sweep import progress_line
+
+    row = {"trial_id": "badnets-vab-s0-x", "status": "ok", "ba": 0.91, "asr": 0.002,
+           "wall_s": 75.2}
+    line = progress_line(2, 6, row, elapsed_s=150)
+    assert line == ("[2/6] badnets-vab-s0-x finished: BA 0.910 ASR 0.002 in 75 s | "
+                    "elapsed 2:30, about 5:00 left")
+    assert progress_line(6, 6, row, elapsed_s=400).endswith("elapsed 6:40")
+
+
 # -- fault hooks ----------------------------------------------------------------------------------
 def test_fault_hooks_select_trials_by_id(monkeypatch, tmp_path):
     config = build_grid(GridOptions(attacks=["badnets"], defenses=["F"]))[0]

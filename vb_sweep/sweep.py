@@ -468,6 +468,7 @@ class TrialRecorder:
         self.tracker = tracker
         self.total = total
         self.done = 0
+        self.started = time.monotonic()
         self.open_runs: dict[str, str] = {}             # trial id -> its RUNNING MLflow run
         self.logged_epochs: dict[str, set[int]] = {}    # trial id -> epochs logged live
 
@@ -496,7 +497,8 @@ class TrialRecorder:
         row["mlflow_run_id"] = self._log_mlflow(spec, row, history, figures)
         write_trial(self.out, row, history)
         self.done += 1
-        print(progress_line(self.done, self.total, row), flush=True)
+        print(progress_line(self.done, self.total, row, time.monotonic() - self.started),
+              flush=True)
         return row
 
     def invocation_status(self) -> str:
@@ -531,13 +533,26 @@ class TrialRecorder:
         return self.record(spec, result["row"], result["history"], figures)
 
 
-def progress_line(done: int, total: int, row: dict) -> str:
+def progress_line(done: int, total: int, row: dict, elapsed_s: float | None = None) -> str:
+    """``[k/N] TRIAL finished: BA .. ASR .. in .. s`` and, given the time since the trials
+    started, the elapsed time and an estimate of what is left (at the pace so far)."""
     head = f"[{done}/{total}] {row['trial_id']}"
     if row["status"] != "ok":
         error = (row.get("error") or "").strip().splitlines()
-        return f"{head} FAILED: {error[-1] if error else 'unknown error'}"
-    return (f"{head} finished: BA {row['ba']:.3f} ASR {row['asr']:.3f}"
-            + (f" in {row['wall_s']:.0f} s" if _number(row.get("wall_s")) else ""))
+        line = f"{head} FAILED: {error[-1] if error else 'unknown error'}"
+    else:
+        line = (f"{head} finished: BA {row['ba']:.3f} ASR {row['asr']:.3f}"
+                + (f" in {row['wall_s']:.0f} s" if _number(row.get("wall_s")) else ""))
+    if elapsed_s is None:
+        return line
+    left = elapsed_s / done * (total - done) if done else math.nan
+    return line + f" | elapsed {clock(elapsed_s)}" + (f", about {clock(left)} left"
+                                                     if done < total else "")
+
+
+def clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
 
 
 def _number(value) -> bool:
@@ -590,7 +605,8 @@ PROGRESS_METRICS = {"stage": "stage", "epoch": "epoch", "ba": "BA", "asr": "ASR"
 
 def progress_reporter(verbose: int, searched: tuple[str, ...] = ()):
     """Tune's classic table (one row per trial: its latest epoch's metrics), which is far more
-    compact than the default output; verbose 2 adds a line per reported epoch."""
+    compact than the default output, at most once a minute (the [k/N] lines carry the progress);
+    verbose 2 adds a line per reported epoch and a table every 5 s."""
     from ray import tune
 
     # Read when the run starts: the classic reporter instead of Tune's default output.
@@ -602,7 +618,7 @@ def progress_reporter(verbose: int, searched: tuple[str, ...] = ()):
     return tune.CLIReporter(metric_columns=PROGRESS_METRICS,
                             parameter_columns={**PROGRESS_PARAMETERS,
                                                **{name: name for name in searched}},
-                            max_report_frequency=10 if verbose < 2 else 5, max_progress_rows=50)
+                            max_report_frequency=60 if verbose < 2 else 5, max_progress_rows=50)
 
 
 def run_tune(settings: TuneSettings, param_space: dict, recorder: TrialRecorder,

@@ -1,0 +1,95 @@
+"""The GPU check: its CPU mode end to end (a real subprocess, as a user runs it), its estimates,
+and, on a machine with CUDA, the real thing (marked gpu)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "experiments" / "gpu_check.py"
+sys.path.insert(0, str(REPO / "experiments"))
+
+import gpu_check  # noqa: E402
+
+
+def run_check(*args, timeout=600):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO)
+
+
+def test_cpu_mode_writes_its_report_without_ray_or_mlflow(tmp_path):
+    done = run_check("--device", "cpu", "--out", str(tmp_path), "--model", "tiny_cnn",
+                     "--images", "200")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["environment"]["device_type"] == "cpu"
+    assert report["environment"]["precision"] in ("fp32", "bf16")
+    assert [b["batch"] for b in report["bare_model"]] == [32, 64]
+    assert {s["stage"] for s in report["stages"]["stages"]} == {
+        "entropy pass", "victim epoch", "plain epoch", "attentionmix epoch", "sst epoch"}
+    trial = report["trial"]
+    assert trial["nan_values"] == 0 and trial["row"]["status"] == "ok"
+    assert [r["stage"] for r in trial["history"]] == ["victim", "mix", "sst"]
+    assert trial["peak_memory_bytes"] > 0
+    assert report["full_trial_seconds"]["total"] > 0
+    assert [g["trials_per_gpu"] for g in report["grid"]] == [1, 2]
+    assert "one 200-epoch paper V&B trial" in done.stdout
+    assert "best --trials-per-gpu" in done.stdout
+
+
+def test_the_check_imports_neither_ray_nor_mlflow():
+    code = ("import sys; sys.argv = ['x']; import runpy; "
+            f"runpy.run_path({str(SCRIPT)!r}, run_name='not_main'); "
+            "print(sorted(m for m in ('ray', 'mlflow', 'optuna') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_full_trial_is_extrapolated_from_per_epoch_costs():
+    config = gpu_check.check_config("cpu", "tiny_cnn", 100, 2)  # 1 mix + 1 SST epoch
+    short = {"row": {"victim_s": 1.0 * gpu_check.victim_epochs(config), "poison_s": 0.5},
+             "stage_seconds": {"mix": 2.0, "sst": 3.0}}
+    full = gpu_check.full_trial_seconds(short, config, images=100)
+    scale = 50_000 / 100
+    assert full["mix"] == pytest.approx(2.0 * 100 * scale)
+    assert full["sst"] == pytest.approx(3.0 * 100 * scale)
+    assert full["victim"] == pytest.approx(1.0 * (3 + 20 + 99) * scale)  # warm-up, re-splits
+    assert full["total"] == pytest.approx(sum(v for k, v in full.items() if k != "total"))
+
+
+def test_grid_estimate_uses_the_measured_slowdown_per_concurrency():
+    rates = [{"trials_per_device": 1, "images_per_s_per_trial": 1000.0},
+             {"trials_per_device": 2, "images_per_s_per_trial": 800.0},
+             {"trials_per_device": 4, "images_per_s_per_trial": 300.0}]
+    grid = gpu_check.grid_estimates(600.0, rates)
+    assert [g["trial_seconds"] for g in grid] == [600.0, 750.0, 2000.0]
+    # 36 trials on 8 GPUs: 5 waves at 1 per GPU, 3 at 2, 2 at 4
+    assert [g["grid_seconds"] for g in grid] == [3000.0, 2250.0, 4000.0]
+
+
+def test_asking_for_cuda_without_it_is_a_one_line_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    done = run_check("--device", "cuda", "--out", str(tmp_path), timeout=120)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and "--device cpu" in done.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_check_on_the_gpu(tmp_path):
+    done = run_check("--out", str(tmp_path), timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["environment"]["device_type"] == "cuda"
+    assert report["trial"]["nan_values"] == 0
+    assert all(math.isfinite(g["grid_seconds"]) for g in report["grid"])

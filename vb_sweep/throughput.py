@@ -1,0 +1,153 @@
+"""Throughput of the trial's stages against the bare model's, for the benchmark and the GPU
+check: images/s of each stage, and the share of its wall time spent inside the model.
+
+The bare model's rate is measured on random tensors at the batch sizes the stage really runs
+(forward+backward+SGD step for training passes, no-grad forward for the others); a stage's model
+time is the sum over its passes of images / bare rate, and the rest of its wall time (indexing,
+augmentation, mixing, bookkeeping) is overhead.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from vb_sweep.artifacts import step_settings
+from vb_sweep.attacks import build_attack
+from vb_sweep.engine import SSTSettings, mix_epoch, plain_epoch, sst_epoch, unlabeled_batch_size
+from vb_sweep.metrics import iterate_logits
+from vb_sweep.device import place_model
+from vb_sweep.models import build_model
+from vb_sweep.victim import prediction_entropy
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str) -> float:
+    synchronize(device)
+    started = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - started
+
+
+class BareModel:
+    """The bare model's images/s on random tensors (forward+backward+SGD step, or no-grad
+    forward), measured once per batch size and mode, and the model time of a stage's passes."""
+
+    def __init__(self, model, shape, device: str, autocast_dtype, seconds: float = 2.0):
+        self.model, self.shape, self.device = model, shape, device
+        self.autocast_dtype, self.seconds = autocast_dtype, seconds
+        self.rates: dict[tuple[int, bool], float] = {}
+
+    def rate(self, batch_size: int, train: bool) -> float:
+        key = (max(1, batch_size), train)
+        if key not in self.rates:
+            self.rates[key] = self._measure(*key)
+        return self.rates[key]
+
+    def model_seconds(self, passes) -> float:
+        """``passes``: (images, batch size, train) per kind of pass of a stage."""
+        return sum(images / self.rate(batch, train) for images, batch, train in passes if images)
+
+    def _measure(self, batch_size: int, train: bool) -> float:
+        model, dtype = self.model, self.autocast_dtype
+        x = torch.randn(batch_size, *self.shape, device=self.device)
+        y = torch.randint(0, 10, (batch_size,), device=self.device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+        def step():
+            with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None), \
+                    torch.set_grad_enabled(train):
+                loss = F.cross_entropy(model(x), y)
+            if train:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+
+        model.train(train)
+        for _ in range(3):
+            step()
+        count, elapsed = 0, 0.0
+        while elapsed < self.seconds:
+            elapsed += timed(step, self.device)
+            count += batch_size
+        model.train()
+        return count / elapsed
+
+
+def stage_figure(name: str, seconds: float, images: int, model_seconds: float) -> dict:
+    return {"stage": name, "seconds": seconds, "images_per_s": images / seconds,
+            "model_share": min(1.0, model_seconds / seconds),
+            "overhead": max(0.0, 1 - model_seconds / seconds)}
+
+
+def stage_figures(config, data, device: str, bare_seconds: float = 2.0) -> dict:
+    """Every stage's throughput and overhead in the config's precision, on the config's data
+    poisoned by its attack: {"bare": {...}, "stages": [stage_figure, ...]}."""
+    attack = build_attack(config.attack, target=config.target, seed=config.seed)
+    poisoned = attack.poison_train(data.train)
+    images, labels = poisoned.images.to(device), poisoned.labels.to(device)
+    n, classes = labels.numel(), data.train.num_classes
+    torch.manual_seed(0)
+    model = place_model(build_model(config.model, classes), device)
+    step = step_settings(config, data, device, config.batch_size, config.crop_padding)
+    victim_step = step_settings(config, data, device, config.victim_batch_size, None)
+    bare = BareModel(model, tuple(images.shape[1:]), device, step.autocast_dtype, bare_seconds)
+    b = config.batch_size
+    bare_figures = {"train_batch": b, "train_images_per_s": bare.rate(b, True),
+                    "victim_batch": config.victim_batch_size,
+                    "victim_train_images_per_s": bare.rate(config.victim_batch_size, True),
+                    "eval_batch": config.eval_batch_size,
+                    "eval_images_per_s": bare.rate(config.eval_batch_size, False)}
+
+    everything = torch.arange(n, device=device)
+    suspicious, credible = everything[: n // 5], everything[n // 5:]
+    m, u = credible.numel(), suspicious.numel()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    victim_soft = torch.full((n, classes), 0.1, device=device).half()
+
+    def entropy_pass():
+        for logits in iterate_logits(model, images, step.normalize, config.eval_batch_size,
+                                     step.autocast_dtype):
+            prediction_entropy(logits)
+
+    stages = [
+        stage_figure("entropy pass", timed(entropy_pass, device), n,
+                     bare.model_seconds([(n, config.eval_batch_size, False)])),
+        stage_figure("victim epoch",
+                     timed(lambda: plain_epoch(model, optimizer, images, labels, everything,
+                                               victim_step), device),
+                     n, bare.model_seconds([(n, config.victim_batch_size, True)])),
+        stage_figure("plain epoch",
+                     timed(lambda: plain_epoch(model, optimizer, images, labels, everything,
+                                               step), device),
+                     n, bare.model_seconds([(n, b, True)]))]
+    # Two views per credible image (SST adds K views of an unlabeled batch). In the authors'
+    # passes (the default) every view and half goes through the model on its own; "joint"
+    # forwards the whole step's batch at once and takes the attention in one no-grad pass.
+    views = 2 * m
+    joint = config.batchnorm_passes == "joint"
+    mix_passes = ([(views, 2 * b, True), (views, 2 * b, False)] if joint
+                  else [(views, b, True), (views, b, False)])
+    stages.append(stage_figure(
+        "attentionmix epoch",
+        timed(lambda: mix_epoch(model, optimizer, images, labels, credible, classes, step),
+              device), views, bare.model_seconds(mix_passes)))
+    sst = SSTSettings(config.sst_augmentations, 0.5, None, True, True)
+    _, u_batch = unlabeled_batch_size(m, u, b)
+    k_views = config.sst_augmentations * u
+    sst_passes = ([(views + k_views, 2 * b + config.sst_augmentations * u_batch, True),
+                   (views, 2 * b, False)] if joint
+                  else [*mix_passes, (k_views, u_batch, True), (k_views, u_batch, False)])
+    stages.append(stage_figure(
+        "sst epoch",
+        timed(lambda: sst_epoch(model, optimizer, images, labels, credible, suspicious,
+                                victim_soft, classes, step, sst), device),
+        views + k_views, bare.model_seconds(sst_passes)))
+    return {"bare": bare_figures, "stages": stages}

@@ -2,6 +2,7 @@
 
     python analysis/ablation_table.py RESULTS_DIR [--format md|latex|html|csv] [--out FILE]
         [--dataset D] [--poison-rate R] [--preset P] [--t-f X] [--t-m X] [--epoch last|best]
+        [--findings [--noise X]]
 
 Rows: none, F, F+AT, F+AT+SST, F+AT+SST+S, vab; per attack BA, ASR and DER in percent, mean ±
 std over seeds. The logic is in ``analysis.tables``; this is its command line.
@@ -16,9 +17,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `analysis` and `vb_sweep` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from analysis.findings import DEFAULT_NOISE, check_findings, render_findings  # noqa: E402
 from analysis.tables import FORMATS, load_trials, report  # noqa: E402
 from vb_sweep.errors import ConfigError, check_fraction  # noqa: E402
-from vb_sweep.results import REPORTED_EPOCHS  # noqa: E402
+from vb_sweep.results import REPORTED_EPOCHS, at_reported_epoch  # noqa: E402
 
 
 def fraction(text: str) -> float:
@@ -39,6 +41,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--preset")
     parser.add_argument("--t-f", type=fraction, metavar="X")
     parser.add_argument("--t-m", type=fraction, metavar="X")
+    parser.add_argument("--findings", action="store_true",
+                        help="instead of the table, whether the grid supports each of the "
+                             "paper's findings (METHOD.md section 4), with the deciding cells")
+    parser.add_argument("--noise", type=fraction, default=DEFAULT_NOISE, metavar="X",
+                        help="with --findings: differences of one-seed cells within X count as "
+                             f"noise (default {DEFAULT_NOISE})")
     parser.add_argument("--epoch", choices=REPORTED_EPOCHS, default="last",
                         help="BA/ASR of the last epoch (default) or of the best-BA epoch, as the "
                              "paper's tables report")
@@ -48,10 +56,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        text = report(load_trials(args.results_dir), args.format, epoch=args.epoch,
-                      dataset=args.dataset,
-                      poison_rate=args.poison_rate, preset=args.preset, t_f=args.t_f,
-                      t_m=args.t_m)
+        trials = load_trials(args.results_dir)
+        filters = dict(dataset=args.dataset, poison_rate=args.poison_rate, preset=args.preset,
+                       t_f=args.t_f, t_m=args.t_m)
+        if args.findings:
+            text = render_findings(check_findings(at_reported_epoch(trials, args.epoch),
+                                                  args.noise, **filters))
+        else:
+            text = report(trials, args.format, epoch=args.epoch, **filters)
     except (FileNotFoundError, ConfigError) as err:
         print(f"ablation_table.py: error: {err}", file=sys.stderr)
         return 2

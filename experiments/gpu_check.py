@@ -47,22 +47,24 @@ from vb_sweep.victim import updates_after_epochs  # noqa: E402
 GRID_TRIALS, GRID_GPUS = 36, 8  # the six-attack Table 4 on 8 GPUs
 # device -> the check's size: training images, Beneficiary epochs of the short trial, the bare
 # model's batch sizes, seconds per measurement, trials per device to try, and how long the
-# concurrent processes get to start before they measure together
+# concurrent processes get to start before they measure together; on a CPU, smaller batches
 SIZES = {
     "cuda": {"images": 50_000, "epochs": 4, "batches": (128, 256, 512), "seconds": 3.0,
-             "concurrency": (1, 2, 4), "start_delay": 30.0},
+             "concurrency": (1, 2, 4), "start_delay": 30.0, "config": {}},
     "cpu": {"images": 300, "epochs": 2, "batches": (32, 64), "seconds": 0.5,
-            "concurrency": (1, 2), "start_delay": 10.0},
+            "concurrency": (1, 2), "start_delay": 10.0,
+            "config": {"batch_size": 32, "victim_batch_size": 32, "eval_batch_size": 64}},
 }
 
 
 def check_config(device: str, model: str, images: int, epochs: int):
     """The `paper` preset on generated data, its schedule scaled to ``epochs``."""
     per_class = max(2, images // 10)
+    size = SIZES["cuda" if device.startswith("cuda") else "cpu"]
     return preset_config("paper", dataset="synthetic", model=model, device=device,
                          defense="vab", train_per_class=per_class,
                          test_per_class=min(1000, max(10, per_class // 5)),
-                         **scaled_schedule(epochs)).validate()
+                         **scaled_schedule(epochs), **size["config"]).validate()
 
 
 def environment(device: str, config) -> dict:

@@ -47,12 +47,13 @@ from vb_sweep.victim import updates_after_epochs  # noqa: E402
 GRID_TRIALS, GRID_GPUS = 36, 8  # the six-attack Table 4 on 8 GPUs
 # device -> the check's size: training images, Beneficiary epochs of the short trial, the bare
 # model's batch sizes, seconds per measurement, trials per device to try, and how long the
-# concurrent processes get to start before they measure together; on a CPU, smaller batches
+# concurrent processes get to start before they measure together; on a CPU, the cpu preset's
+# network (a ResNet-18 check takes about 8 minutes on 2 cores) and smaller batches
 SIZES = {
     "cuda": {"images": 50_000, "epochs": 4, "batches": (128, 256, 512), "seconds": 3.0,
-             "concurrency": (1, 2, 4), "start_delay": 30.0, "config": {}},
+             "concurrency": (1, 2, 4), "start_delay": 30.0, "model": "resnet18", "config": {}},
     "cpu": {"images": 300, "epochs": 2, "batches": (32, 64), "seconds": 0.5,
-            "concurrency": (1, 2), "start_delay": 10.0,
+            "concurrency": (1, 2), "start_delay": 10.0, "model": "small_cnn",
             "config": {"batch_size": 32, "victim_batch_size": 32, "eval_batch_size": 64}},
 }
 
@@ -224,9 +225,9 @@ def report_lines(report: dict) -> list[str]:
                  f"{full['victim'] / 60:.1f}, mix {full['mix'] / 60:.1f}, SST "
                  f"{full['sst'] / 60:.1f})")
     for grid in report["grid"]:
-        lines.append(f"36-trial grid on 8 GPUs at {grid['trials_per_gpu']} per GPU: about "
-                     f"{grid['grid_seconds'] / 3600:.1f} h ({grid['trial_seconds'] / 60:.1f} min"
-                     " per trial)")
+        lines.append(f"36-trial grid on 8 such devices at {grid['trials_per_gpu']} per device: "
+                     f"about {grid['grid_seconds'] / 3600:.1f} h "
+                     f"({grid['trial_seconds'] / 60:.1f} min per trial)")
     best = min(report["grid"], key=lambda grid: grid["grid_seconds"])
     lines.append(f"best --trials-per-gpu: {best['trials_per_gpu']}")
     return lines
@@ -237,7 +238,8 @@ def parse_args(argv):
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
     parser.add_argument("--out", type=Path, default=Path("gpu-check"),
                         help="folder for gpu_check.json (default gpu-check)")
-    parser.add_argument("--model", default="resnet18", help="default: the paper preset's")
+    parser.add_argument("--model", default=None,
+                        help="default: the paper preset's resnet18 (on a CPU: small_cnn)")
     parser.add_argument("--images", type=int, default=None,
                         help="generated training images (default: 50,000 on a GPU, 300 on a CPU)")
     parser.add_argument("--epochs", type=int, default=None,
@@ -251,6 +253,7 @@ def parse_args(argv):
         parser.exit(2, f"gpu_check.py: error: --device {args.device}: no CUDA device here "
                        "(use --device cpu)\n")
     size = SIZES[kind]
+    args.model = args.model or size["model"]
     args.images = args.images or size["images"]
     args.epochs = args.epochs or size["epochs"]
     args.seconds = args.seconds or size["seconds"]

@@ -66,6 +66,7 @@ def test_ablation_on_a_two_node_cluster(cluster_sweep):
     assert "[4/4]" in result.stdout and "| vab |" in result.stdout
     assert "| none |" in (out / "grid.md").read_text()
     assert "mlflow ui --backend-store-uri sqlite:///" in result.stdout
+    assert not list((out / "tune").glob("*/*/checkpoint_*"))  # removed once the rows exist
 
 
 def test_analysis_of_the_cluster_sweep(cluster_sweep, tmp_path, monkeypatch):
@@ -126,6 +127,9 @@ def test_killed_trial_resumes_and_failed_trial_does_not_stop_the_others(
     assert "resuming after epoch 1" in result.stdout  # the retry continued the killed trial
     killed_trial = next((out / "tune").glob(f"*/{rows.loc['F', 'trial_id']}"))
     assert (killed_trial / "error.txt").exists()
+    assert not list(killed_trial.glob("checkpoint_*"))  # finished: its checkpoints are gone
+    failed_trial = next((out / "tune").glob(f"*/{rows.loc['none', 'trial_id']}"))
+    assert list(failed_trial.glob("checkpoint_*"))  # kept for --retry-failed
     history = pd.read_parquet(out / "history")
     epochs = history[history["trial_id"] == rows.loc["F", "trial_id"]]["epoch"]
     assert sorted(epochs) == [0, 1, 2]

@@ -62,6 +62,14 @@ def test_bad_options_name_their_field(options, field):
     assert "\n" not in str(caught.value)
 
 
+def test_config_error_survives_pickling_as_ray_sends_it():
+    import pickle
+
+    error = pickle.loads(pickle.dumps(ConfigError("data_root", "/missing", ["a folder"])))
+    assert isinstance(error, ConfigError) and error.field == "data_root"
+    assert str(error) == "invalid data_root: '/missing' (allowed: a folder)"
+
+
 def test_set_overrides_the_options_fields_too():
     """--set comes last: it may change a field that is also an option or an axis."""
     configs = build_grid(GridOptions(attacks=["badnets"], defenses=["vab"], t_m=[0.3],

@@ -20,6 +20,11 @@ class ConfigError(ValueError):
         self.allowed = allowed
         super().__init__(f"invalid {field}: {value!r} (allowed: {allowed})")
 
+    def __reduce__(self):
+        # Rebuilt from its fields, so it survives pickling: a check that fails on a Ray worker
+        # (missing dataset files, say) reaches the driver as this one-line error.
+        return ConfigError, (self.field, self.value, self.allowed)
+
 
 def check_choice(field: str, value, choices: Iterable):
     choices = list(choices)

@@ -354,9 +354,8 @@ def connect(address: str | None) -> dict:
         with stderr_held_back() as held:
             ray.init(address=address, **quiet)
     except (ConnectionError, TimeoutError, ray.exceptions.AuthenticationError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError("--address", address, f"a Ray cluster this driver may join "
-                          f"({first_line[:300]}; with token auth set RAY_AUTH_MODE=token "
+                          f"({first_line(err)}; with token auth set RAY_AUTH_MODE=token "
                           "and RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)") from None
     sys.stderr.write(held.read())
     return ray.cluster_resources()
@@ -469,6 +468,7 @@ class TrialRecorder:
         self.total = total
         self.done = 0
         self.started = time.monotonic()
+        self.tracking_failures = 0
         self.open_runs: dict[str, str] = {}             # trial id -> its RUNNING MLflow run
         self.logged_epochs: dict[str, set[int]] = {}    # trial id -> epochs logged live
 
@@ -487,7 +487,7 @@ class TrialRecorder:
             self.tracker.log_epoch(self.open_runs[trial_id], result)
             logged.add(epoch)
         except Exception as err:  # noqa: BLE001 - a tracking outage must not stop the sweep
-            print(f"warning: MLflow logging of {trial_id} failed: {err}", flush=True)
+            self.tracking_failed(trial_id, err)
 
     def record(self, spec: dict, row: dict, history: list[dict],
                figures: dict[str, bytes]) -> dict:
@@ -516,8 +516,16 @@ class TrialRecorder:
                                           logged_epochs=frozenset(
                                               self.logged_epochs.pop(trial_id, set())))
         except Exception as err:  # noqa: BLE001 - a tracking outage must not lose the row
-            print(f"warning: MLflow logging of {spec['trial_id']} failed: {err}", flush=True)
+            self.tracking_failed(trial_id, err)
             return None
+
+    def tracking_failed(self, trial_id: str, err: Exception) -> None:
+        """One warning for the invocation, not one per call: the rows still go to Parquet."""
+        self.tracking_failures += 1
+        if self.tracking_failures == 1:
+            print(f"warning: MLflow logging failed ({trial_id}: {first_line(err)}); the sweep "
+                  "goes on and writes every row to Parquet, without MLflow runs for the trials "
+                  "logged during the outage", flush=True)
 
     def record_checkpoint(self, spec: dict, checkpoint) -> dict:
         if checkpoint is None:
@@ -531,6 +539,11 @@ class TrialRecorder:
             figures = {path.name: path.read_bytes()
                        for path in sorted((folder / FIGURES_DIR).glob("*"))}
         return self.record(spec, result["row"], result["history"], figures)
+
+
+def first_line(err: BaseException) -> str:
+    """An error's first line, at most 300 characters (its type when it has no text)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
 
 
 def progress_line(done: int, total: int, row: dict, elapsed_s: float | None = None) -> str:
@@ -568,13 +581,28 @@ def tune_callback(recorder: TrialRecorder):
             recorder.record_epoch(trial_spec(trial.config), result)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            recorder.record_checkpoint(trial_spec(trial.config), trial.checkpoint)
+            row = recorder.record_checkpoint(trial_spec(trial.config), trial.checkpoint)
+            if row["status"] == "ok":
+                remove_trial_checkpoints(trial)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             spec = trial_spec(trial.config)
             recorder.record(spec, failed_row(spec, trial_error_text(trial)), [], {})
 
     return RecordingCallback()
+
+
+def remove_trial_checkpoints(trial) -> None:
+    """A finished trial's checkpoints (its last epochs' states, its result) once its row is
+    written: nothing reads them again, and a ResNet-18 state is about 90 MB. A failed trial
+    keeps them, so --retry-failed continues it from its last epoch."""
+    fs = trial.storage.storage_filesystem
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(trial.path, allow_not_found=True)):
+        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+            try:
+                fs.delete_dir(info.path)
+            except OSError as err:  # a leftover costs disk, not results
+                print(f"warning: could not remove {info.path}: {err}", flush=True)
 
 
 def trial_error_text(trial) -> str:
@@ -744,9 +772,14 @@ class SweepSession:
     def close(self, status: str) -> None:
         import ray
 
-        if self.tracker is not None:
-            self.tracker.finish_invocation(status)
-        ray.shutdown()
+        try:
+            if self.tracker is not None:
+                self.tracker.finish_invocation(status)
+        except Exception as err:  # noqa: BLE001 - the grid files are written after this
+            print(f"warning: could not mark the MLflow parent run {status}: {first_line(err)}",
+                  flush=True)
+        finally:
+            ray.shutdown()
 
     @contextmanager
     def invocation(self, total: int):

@@ -13,6 +13,7 @@ Browse the default store with ``mlflow ui --backend-store-uri sqlite:///OUT/mlfl
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 import urllib.error
@@ -35,6 +36,10 @@ BATCH_METRICS = 1000   # mlflow.utils.validation.MAX_METRICS_PER_BATCH
 BATCH_PARAMS = 100     # mlflow.utils.validation.MAX_PARAMS_TAGS_PER_BATCH
 PARAM_LENGTH = 6000    # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 TRIAL_TAG = "trial_id"
+# A tracking server that is down must cost seconds, not MLflow's default of 5 retries with
+# exponential backoff per call (about 4 minutes each); any of these set in the environment wins.
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+               "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 ROLE_TAG = "vb_sweep.role"
 
 
@@ -76,6 +81,8 @@ class SweepTracker:
     def __init__(self, tracking_uri: str, sweep: str, artifact_root: Path | None = None):
         from mlflow import MlflowClient
 
+        for name, value in HTTP_LIMITS.items():
+            os.environ.setdefault(name, value)
         self.tracking_uri = tracking_uri
         self.sweep = sweep
         self.client = MlflowClient(tracking_uri=tracking_uri)

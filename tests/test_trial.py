@@ -68,7 +68,7 @@ def test_resumed_trial_equals_uninterrupted_one(tmp_path):
 
     whole = run_trial(config, cache=cache, save_checkpoint=save)
     resumed = run_trial(config, cache=cache,
-                        checkpoint=torch.load(saved["path"], weights_only=False))
+                        checkpoint=torch.load(saved["path"], weights_only=True))
     assert resumed.row["ba"] == whole.row["ba"] and resumed.row["asr"] == whole.row["asr"]
     assert [r.get("loss") for r in resumed.history] == [r.get("loss") for r in whole.history]
 

@@ -26,7 +26,7 @@ import torch
 from vb_sweep.attacks import PoisonedTrainSet, build_attack
 from vb_sweep.attacks.budgets import attack_budget
 from vb_sweep.augment import Normalizer
-from vb_sweep.cache import ArtifactCache
+from vb_sweep.cache import ArtifactCache, register_artifact_type
 from vb_sweep.config import TrialConfig
 from vb_sweep.data import DatasetSplits, load_dataset
 from vb_sweep.data.stats import channel_stats
@@ -43,6 +43,7 @@ BENEFICIARY_ARTIFACT_VERSION = 1
 MIX_STAGE_VARIANT = "F+AT"
 
 
+@register_artifact_type
 @dataclass
 class PreparedPoison:
     """A poisoned training set and the triggered non-target test images (one cache artifact)."""

@@ -5,6 +5,11 @@ everything they depend on (the dataset's fingerprint, the full configuration, th
 ``CACHE_FORMAT_VERSION``. Two processes may fill the same key at once: an advisory file lock lets
 one build while the other waits, and the artifact is written to a temporary name and renamed into
 place, so a reader never sees a half-written file and a killed builder leaves nothing behind.
+
+Artifacts are read with ``torch.load(weights_only=True)``: tensors, containers, primitives and
+the project's own artifact dataclasses (``register_artifact_type``), nothing that can run code.
+A file that cannot be read so (truncated, corrupt, or crafted to run code) is moved aside as
+``KEY.pt.unreadable-TIME``, named in a one-line warning, and built again.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ import fcntl
 import hashlib
 import json
 import os
+import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -22,6 +29,20 @@ import torch
 
 CACHE_FORMAT_VERSION = 1
 T = TypeVar("T")
+UNREADABLE = object()  # what ArtifactCache._read returns when there is no usable artifact
+ARTIFACT_TYPES: list[type] = []  # the classes a cached artifact may contain besides tensors
+
+
+def register_artifact_type(cls: type) -> type:
+    """Class decorator: instances may be stored in (and read back from) the cache."""
+    ARTIFACT_TYPES.append(cls)
+    return cls
+
+
+def safe_load(path: Path):
+    """``torch.load`` that can only rebuild tensors, containers and artifact types."""
+    with torch.serialization.safe_globals(ARTIFACT_TYPES):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def cache_key(kind: str, parts: dict[str, Any]) -> str:
@@ -46,11 +67,13 @@ class ArtifactCache:
     def get_or_build(self, kind: str, parts: dict[str, Any], build: Callable[[], T]) -> T:
         key = cache_key(kind, parts)
         target = self.path(key)
-        if target.exists():
-            return self._load(target)
+        found = self._read(target)
+        if found is not UNREADABLE:
+            return found
         with self._lock(key):
-            if target.exists():  # another process built it while we waited
-                return self._load(target)
+            found = self._read(target)  # another process may have built it while we waited
+            if found is not UNREADABLE:
+                return found
             artifact = build()
             self._write_atomically(target, artifact)
             self.builds.append(key)
@@ -60,8 +83,25 @@ class ArtifactCache:
         return self.path(cache_key(kind, parts)).exists()
 
     @staticmethod
-    def _load(path: Path):
-        return torch.load(path, map_location="cpu", weights_only=False)
+    def _read(path: Path):
+        """The artifact at ``path``; UNREADABLE when there is none or it cannot be read (then
+        it is moved aside, so the caller builds it again)."""
+        if not path.exists():
+            return UNREADABLE
+        try:
+            return safe_load(path)
+        except FileNotFoundError:  # moved aside by another process meanwhile
+            return UNREADABLE
+        except Exception as err:  # noqa: BLE001 - truncated, corrupt or unsafe: rebuild it
+            aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+            try:
+                os.replace(path, aside)
+            except FileNotFoundError:
+                pass
+            reason = " ".join(str(err).split())[:200] or type(err).__name__
+            print(f"warning: cache artifact {path} cannot be read ({reason}); moved to "
+                  f"{aside.name}, building it again", file=sys.stderr, flush=True)
+            return UNREADABLE
 
     def _write_atomically(self, target: Path, artifact) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{target.stem}.", suffix=".tmp")

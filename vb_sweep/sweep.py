@@ -241,7 +241,7 @@ def latest_resumable(candidates: list) -> Resumable:
                     if row["status"] == "ok":
                         return Resumable(checkpoint, row=row)
                     continue
-                state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
+                state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
                 return Resumable(checkpoint, state=state)
         except Exception:  # noqa: BLE001 - unreadable: fall back to an older one
             continue

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from vb_sweep.cache import register_artifact_type
 from vb_sweep.engine import StepSettings, plain_epoch
 from vb_sweep.metrics import iterate_logits
 
@@ -61,6 +62,7 @@ def updates_after_epochs(epochs: int, mix_epochs: int, resplit_every: int) -> li
             for epoch in range(1, epochs + 1)]
 
 
+@register_artifact_type
 @dataclass
 class VictimState:
     """One split: what the Beneficiary sees from the Victim until the next re-split."""
@@ -70,6 +72,7 @@ class VictimState:
     tempered_softmax: torch.Tensor | None = None  # float16 (N, C), softmax(V(x) / T_v)
 
 
+@register_artifact_type
 @dataclass
 class VictimTrajectory:
     states: list[VictimState]

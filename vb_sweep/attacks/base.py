@@ -22,10 +22,12 @@ from typing import Any, ClassVar
 
 import torch
 
+from vb_sweep.cache import register_artifact_type
 from vb_sweep.data.base import ImageDataset
 from vb_sweep.errors import ConfigError, check_choice, check_fraction
 
 
+@register_artifact_type
 @dataclass
 class PoisonedTrainSet:
     images: torch.Tensor           # uint8 (N, C, H, W), triggers applied

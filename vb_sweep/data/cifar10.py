@@ -108,10 +108,25 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data, labels.astype(np.int64)
 
 
+class BatchUnpickler(pickle.Unpickler):
+    """Reads the CIFAR-10 pickle layout without running anything a crafted file could name:
+    besides builtin containers and strings, only the numpy globals that rebuild an array (and
+    ``_codecs.encode``, which protocol-2 pickles written by Python 3 use for bytes)."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of the CIFAR-10 layout")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path, expected: str):
     try:
         with open(path, "rb") as file:
-            return pickle.load(file, encoding="latin1")
+            return BatchUnpickler(file, encoding="latin1").load()
     except Exception as err:  # truncated or not a pickle: EOFError, UnpicklingError, ...
         raise ConfigError("data_root", str(path), f"{expected}; the file cannot be read "
                           f"({_one_line(err)})") from None

@@ -24,6 +24,7 @@ from vb_sweep.config import (DEFENSES, merge_overrides, parse_overrides, preset_
                              scaled_schedule)
 from vb_sweep.errors import ConfigError, check_fraction
 from vb_sweep.sweep import SweepSession
+from vb_sweep.tracking import redact_url
 
 PROG = "threshold_search.py"
 OBJECTIVES = (("ba", "max"), ("asr", "min"))
@@ -92,7 +93,8 @@ def open_study(url: str, name: str):
     try:
         storage = optuna.storages.RDBStorage(url)
     except Exception as err:  # noqa: BLE001 - any storage failure is a bad --storage
-        raise ConfigError("--storage", url, f"an Optuna storage URL ({err})") from None
+        raise ConfigError("--storage", redact_url(url),
+                          f"an Optuna storage URL ({redact_url(str(err))})") from None
     study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
                                 directions=["maximize" if mode == "max" else "minimize"
                                             for _, mode in OBJECTIVES])
@@ -174,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         base = base_config(args)
         ranges = check_search_options(args)
         sweep = args.sweep or f"thresholds-{base.attack}-{base.defense}-{base.preset}"
-        options = dict(vars(args))
+        options = {**vars(args), "storage": redact_url(args.storage),
+                   "mlflow_uri": redact_url(args.mlflow_uri)}
         session = SweepSession(session_options(args, "threshold_search", sweep, options))
         url = storage_url(args, session.out)
         study_name = args.study_name or sweep
@@ -193,7 +196,7 @@ def search(session: SweepSession, study, storage, base, ranges, args) -> int:
     study_name, url = study.study_name, storage_url(args, session.out)
     requeued = requeue_interrupted(study) if args.resume else 0
     remaining = args.n_trials - finished_trials(study)
-    print(f"study {study_name!r} at {url}: {finished_trials(study)} trials done, "
+    print(f"study {study_name!r} at {redact_url(url)}: {finished_trials(study)} trials done, "
           f"{max(remaining, 0)} to run" + (f" ({requeued} interrupted, requeued)"
                                            if requeued else ""), flush=True)
     with session.invocation(max(remaining, 0)) as recorder:
@@ -215,7 +218,7 @@ def report(session: SweepSession, study_name: str, url: str, base) -> int:
           "BA up, ASR down):")
     print(front.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     for line in session.locations() + [f"pareto:   {path}",
-                                       f"study:    optuna-dashboard {url}"]:
+                                       f"study:    optuna-dashboard {redact_url(url)}"]:
         print(line)
     return 0
 

@@ -4,6 +4,7 @@ Ray's own validation), and the image installs the project with the README's comm
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -77,6 +78,32 @@ def test_mlflow_server_on_postgres_with_artifact_volume(compose):
     assert "--allowed-hosts" in mlflow and "mlflow:*" in mlflow  # workers call it by name
 
 
+LOOPBACK_DEFAULT = re.compile(r"^\$\{VB_SWEEP_PUBLISH_ADDRESS:-127\.0\.0\.1\}:\d+:\d+$")
+SECRET = re.compile(r"\$\{(\w*(PASSWORD|SECRET|TOKEN)\w*)(:?[-?])([^}]*)\}")
+
+
+def test_compose_publishes_ports_on_loopback_unless_told_otherwise(compose):
+    published = [(name, port) for name, service in compose["services"].items()
+                 for port in service.get("ports", [])]
+    assert published  # the UIs are reachable from the host
+    for name, port in published:
+        assert LOOPBACK_DEFAULT.match(str(port)), (name, port)
+
+
+def test_no_secret_has_a_default():
+    text = (DOCKER / "docker-compose.yml").read_text()
+    secrets = SECRET.findall(text)
+    assert secrets  # the database password is a setting
+    for variable, _, operator, _ in secrets:
+        assert operator in ("?", ":?"), f"{variable} has a default ({operator})"
+
+
+def test_cluster_launcher_starts_the_dashboard_on_loopback(cluster):
+    commands = " ".join(cluster["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in commands
+    assert "0.0.0.0" not in commands
+
+
 def test_compose_config_is_accepted_by_docker_compose():
     docker = shutil.which("docker")
     if docker is None:
@@ -85,8 +112,12 @@ def test_compose_config_is_accepted_by_docker_compose():
     if probe.returncode != 0:
         pytest.skip("the docker CLI here has no Compose v2 plugin ('docker compose'); "
                     "the YAML checks above still ran")
-    done = subprocess.run([docker, "compose", "-f", str(DOCKER / "docker-compose.yml"),
-                           "config", "--quiet"], capture_output=True, text=True, timeout=60)
+    command = [docker, "compose", "-f", str(DOCKER / "docker-compose.yml"), "config", "--quiet"]
+    unset = {k: v for k, v in os.environ.items() if k != "POSTGRES_PASSWORD"}
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=60, env=unset)
+    assert refused.returncode != 0 and "POSTGRES_PASSWORD" in refused.stderr
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60,
+                          env={**unset, "POSTGRES_PASSWORD": "only-for-this-check"})
     assert done.returncode == 0, done.stderr
 
 

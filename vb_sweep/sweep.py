@@ -46,7 +46,7 @@ from vb_sweep.errors import ConfigError
 from vb_sweep.grid import check_output_folder, manifest_for, write_manifest
 from vb_sweep.results import read_trials, write_trial
 from vb_sweep.tracking import (EPOCH_METRICS, SweepTracker, check_tracking_uri,
-                               default_tracking_uri)
+                               default_tracking_uri, redact_url)
 
 FAULT_HOOKS = {"kill_at_checkpoint": "VB_SWEEP_FAULT_KILL_AT",
                "raise_at_record": "VB_SWEEP_FAULT_RAISE_AT"}
@@ -336,6 +336,9 @@ def check_address(address: str, timeout_s: float = 5.0) -> None:
                           f"a reachable Ray head node ({err.strerror or err})") from None
 
 
+LOOPBACK = "127.0.0.1"
+
+
 def connect(address: str | None) -> dict:
     """Start a local Ray cluster, or join the one at ``address``; returns its resources. The
     package travels to the workers with the job (``py_modules``), so workers need no copy."""
@@ -345,7 +348,9 @@ def connect(address: str | None) -> dict:
 
     quiet = {"runtime_env": {"py_modules": [vb_sweep]}, "logging_level": logging.ERROR}
     if not address:
-        ray.init(include_dashboard=False, **quiet)
+        # A local cluster is private: every Ray server listens on the loopback address only
+        # (and Ray's token authentication is on for local clusters).
+        ray.init(include_dashboard=False, _node_ip_address=LOOPBACK, **quiet)
         return ray.cluster_resources()
     check_address(address)
     try:
@@ -807,7 +812,7 @@ class SweepSession:
     def locations(self) -> list[str]:
         lines = [f"results:  pandas.read_parquet('{self.out / 'trials'}') "
                  f"(per-epoch: '{self.out / 'history'}')",
-                 f"MLflow:   experiment '{self.options.sweep}' at {self.tracking_uri}"]
+                 f"MLflow:   experiment '{self.options.sweep}' at {redact_url(self.tracking_uri)}"]
         if self.tracking_uri.startswith("sqlite:"):
             lines.append(f"          browse: mlflow ui --backend-store-uri {self.tracking_uri}")
         lines.append(f"Tune:     {self.storage}")

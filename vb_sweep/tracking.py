@@ -17,6 +17,7 @@ import os
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Iterable
@@ -41,6 +42,18 @@ TRIAL_TAG = "trial_id"
 HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 ROLE_TAG = "vb_sweep.role"
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` with any password replaced by ``***`` (database and tracking URLs carry them);
+    what the project records in sweep.json, MLflow params and its output."""
+    if not url or "@" not in url:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def default_tracking_uri(out: Path) -> str:

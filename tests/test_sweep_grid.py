@@ -54,6 +54,14 @@ def test_every_axis_multiplies_the_grid_and_overrides_reach_every_cell():
     (GridOptions(overrides=["no_such_field=1"]), "--set field"),
     (GridOptions(overrides=["epochs=0"]), "epochs"),
     (GridOptions(overrides=["lr_milestones=5"]), "lr_milestones"),
+    (GridOptions(overrides=["lr=NaN"]), "lr"),
+    (GridOptions(overrides=["momentum=1.5"]), "momentum"),
+    (GridOptions(overrides=["lambda_u=[0.1]"]), "lambda_u"),
+    (GridOptions(overrides=["victim_temperature=hot"]), "victim_temperature"),
+    (GridOptions(overrides=["crop_padding=-1"]), "crop_padding"),
+    (GridOptions(overrides=["warm_up_step=Infinity"]), "warm_up_step"),
+    (GridOptions(overrides=["share_mix_stage=maybe"]), "share_mix_stage"),
+    (GridOptions(overrides=["batchnorm_passes=eval"]), "batchnorm_passes"),
 ])
 def test_bad_options_name_their_field(options, field):
     with pytest.raises(ConfigError) as caught:

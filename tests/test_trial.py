@@ -180,3 +180,26 @@ def test_progress_sees_every_epoch_of_a_cached_mix_stage(tmp_path):
     seen = []
     run_trial(tiny_config(defense="vab"), cache=cache, on_epoch=seen.append)
     assert [record["epoch"] for record in seen] == [0, 1, 2, 3, 4]
+
+
+class Silent:
+    """The trial's progress callbacks, discarded (what a Tune reporter would forward)."""
+
+    def on_epoch(self, record):
+        pass
+
+    def save_checkpoint(self, state):
+        pass
+
+
+def test_a_diverging_run_stops_and_is_recorded_as_failed(tmp_path):
+    from vb_sweep.sweep import run_with_recovery
+
+    config = tiny_config(defense="none", lr=1e30)
+    with pytest.raises(FloatingPointError, match="diverged"):
+        run_trial(config, cache=ArtifactCache(tmp_path / "cache"))
+    spec = {"sweep": "t", "trial_id": "nan", "config": config.to_dict(),
+            "cache_dir": str(tmp_path / "cache")}
+    row, history, _ = run_with_recovery(spec, None, Silent())
+    assert row["status"] == "failed" and history == []
+    assert "FloatingPointError: the training loss is" in row["error"]

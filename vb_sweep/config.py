@@ -168,9 +168,28 @@ class TrialConfig:
         for name in ("train_per_class", "test_per_class"):
             if getattr(self, name) is not None:
                 check_number(name, getattr(self, name), integer=True, minimum=1)
-        if self.victim_temperature <= 0:
-            raise ConfigError("victim_temperature", self.victim_temperature, "a number > 0")
+        self._validate_optimisation()
         return self
+
+    def _validate_optimisation(self) -> None:
+        """The learning rates, schedules and temperatures: finite numbers in their ranges."""
+        for name in ("lr", "momentum", "weight_decay", "lr_gamma", "victim_lr",
+                     "victim_weight_decay", "warm_up_step"):
+            check_number(name, getattr(self, name), minimum=0)
+        check_number("momentum", self.momentum, maximum=1)
+        for name in ("crop_padding", "lambda_u_switch"):
+            check_number(name, getattr(self, name), integer=True, minimum=0)
+        for milestone in self.lr_milestones:
+            check_number("lr_milestones", milestone, integer=True, minimum=1)
+        if len(self.lambda_u) != 2:
+            raise ConfigError("lambda_u", list(self.lambda_u),
+                              "two weights: [before lambda_u_switch, after]")
+        for weight in self.lambda_u:
+            check_number("lambda_u", weight, minimum=0)
+        check_number("victim_temperature", self.victim_temperature, minimum=1e-6)
+        if self.sharpen_temperature is not None:
+            check_number("sharpen_temperature", self.sharpen_temperature, minimum=1e-6)
+        check_choice("horizontal_flip", self.horizontal_flip, (None, True, False))
 
 
 def scaled_schedule(epochs: int) -> dict[str, Any]:

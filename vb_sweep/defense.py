@@ -8,6 +8,7 @@ Ray, MLflow or Parquet: progress and checkpoints leave through callbacks.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -140,6 +141,10 @@ def run_beneficiary(config: TrialConfig, model, data: BeneficiaryData, eval_set:
             group["lr"] = lr
         started = time.perf_counter()
         stats = train_one_epoch(config, epoch, model, optimizer, data, trajectory, step)
+        if not math.isfinite(stats.loss):
+            raise FloatingPointError(f"the training loss is {stats.loss} in epoch {epoch} "
+                                     f"(stage {stage_of(config, epoch)}, lr {lr:g}): the run "
+                                     "diverged")
         train_seconds = time.perf_counter() - started
         record = {"epoch": epoch, "stage": stage_of(config, epoch), "lr": lr, "loss": stats.loss,
                   **evaluate(model, eval_set, step, config.eval_batch_size),

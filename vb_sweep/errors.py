@@ -6,6 +6,7 @@ so command-line entry points can print one line and exit with status 2 before an
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 
@@ -45,10 +46,11 @@ def check_fraction(field: str, value) -> float:
 
 def check_number(field: str, value, *, integer: bool = False, minimum: float = 0,
                  maximum: float | None = None):
-    """``value`` must be a number (an int when ``integer``; never a bool) in [minimum, maximum]."""
+    """``value`` must be a finite number (an int when ``integer``; never a bool) in
+    [minimum, maximum]."""
     kinds = (int,) if integer else (int, float)
-    if (isinstance(value, bool) or not isinstance(value, kinds) or value < minimum
-            or (maximum is not None and value > maximum)):
+    if (isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value)
+            or value < minimum or (maximum is not None and value > maximum)):
         kind = "an integer" if integer else "a number"
         allowed = f"{kind} >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
         raise ConfigError(field, value, allowed)

@@ -153,16 +153,21 @@ TINY = ("--preset", "smoke", "--epochs", "2",
         "--set", "train_per_class=40", "test_per_class=20", "warm_up=2")
 
 
-def run_notebook(results: Path, figures: Path, monkeypatch) -> list[dict]:
-    """Execute analysis/results.ipynb on a results folder; return its cells' outputs, after
-    checking that no cell raised."""
+def run_notebook(results: Path | None, figures: Path | None, monkeypatch,
+                 checkout: Path = REPO) -> list[dict]:
+    """Execute analysis/results.ipynb from ``checkout`` on a results folder (None: the notebook
+    finds it itself, with no environment variable); return its cells' outputs, after checking
+    that no cell raised."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    monkeypatch.setenv("VB_SWEEP_RESULTS", str(results))
-    monkeypatch.setenv("VB_SWEEP_FIGURES", str(figures))
-    notebook = nbformat.read(REPO / "analysis" / "results.ipynb", as_version=4)
+    for variable, path in (("VB_SWEEP_RESULTS", results), ("VB_SWEEP_FIGURES", figures)):
+        if path is None:
+            monkeypatch.delenv(variable, raising=False)
+        else:
+            monkeypatch.setenv(variable, str(path))
+    notebook = nbformat.read(checkout / "analysis" / "results.ipynb", as_version=4)
     nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3",
-                            resources={"metadata": {"path": str(REPO / "analysis")}}).execute()
+                            resources={"metadata": {"path": str(checkout / "analysis")}}).execute()
     outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     return outputs

@@ -4,6 +4,7 @@ notebook run end to end."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -380,6 +381,21 @@ def test_notebook_runs_end_to_end(rows, tmp_path, monkeypatch):
     assert any("image/png" in o.get("data", {}) for o in outputs)
     assert any("vb-sweep-grid" in o.get("data", {}).get("text/html", "") for o in outputs)
     assert (tmp_path / "figures" / "variant_bars.png").exists()
+
+
+def test_notebook_finds_the_readme_commands_results_and_writes_nothing_there(
+        rows, tmp_path, monkeypatch):
+    """No environment variable: the notebook, run from a checkout, reads results/ablation-smoke
+    (where the README's command writes) and leaves that folder as it was."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(ROOT / "analysis", checkout / "analysis",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    small = [r for r in rows if r["attack"] == "badnets" and r["defense"] in ("none", "vab")]
+    results = write_results(checkout / "results" / "ablation-smoke", small)
+    before = sorted(path.relative_to(results) for path in results.rglob("*"))
+    outputs = run_notebook(None, None, monkeypatch, checkout=checkout)
+    assert any(str(results) in "".join(o.get("text", "")) for o in outputs)
+    assert sorted(path.relative_to(results) for path in results.rglob("*")) == before
 
 
 def test_best_epoch_table_shows_the_best_ba_epochs_figures(tmp_path, capsys):

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pandas as pd
-import pytest
 
 from analysis import ablation_table
-from analysis.findings import FAILS, HOLDS, UNKNOWN, check_findings, render_findings
+from analysis.findings import FAILS, HOLDS, UNKNOWN, check_findings
 from tests.test_analysis import trial_row, write_results
 
 # (defense -> (BA, ASR)) per attack: a grid where every finding of METHOD.md section 4 holds.
@@ -88,5 +87,6 @@ def test_command_line_prints_the_findings(tmp_path, capsys):
     assert ablation_table.main([str(folder), "--findings"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("## Findings (METHOD.md section 4)")
-    assert "filtering alone fails (blend): F ASR 0.97 vs none ASR 0.99, margin +0.47 — **holds**" \
-        in printed
+    expected = ("filtering alone fails (blend): F ASR 0.97 vs none ASR 0.99, margin +0.47 — "
+                "**holds**")
+    assert expected in printed

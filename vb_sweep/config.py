@@ -180,7 +180,7 @@ class TrialConfig:
         for name in ("crop_padding", "lambda_u_switch"):
             check_number(name, getattr(self, name), integer=True, minimum=0)
         for milestone in self.lr_milestones:
-            check_number("lr_milestones", milestone, integer=True, minimum=1)
+            check_number("lr_milestones", milestone, integer=True, minimum=0)
         if len(self.lambda_u) != 2:
             raise ConfigError("lambda_u", list(self.lambda_u),
                               "two weights: [before lambda_u_switch, after]")

@@ -268,6 +268,7 @@ class Resources:
     cpus_per_trial: float
     gpus_per_trial: float
     max_concurrent: int
+    node_cpus: float | None = None  # the largest node's CPUs: no one task can have more
 
     def tune_request(self) -> dict:
         return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
@@ -280,9 +281,11 @@ class Resources:
         the sweep's cores are shared out among them, so a lone Victim or mix stage trains on
         all of them (2 threads train the smoke network 1.6x faster than 1) instead of leaving
         the other cores idle; on GPUs each task gets a trial's share."""
-        if self.gpus_per_trial or tasks >= self.max_concurrent:
-            return self.task_options(), max(1, int(self.cpus_per_trial))
         cpus = self.cpus_per_trial * (self.max_concurrent // max(1, tasks))
+        if self.node_cpus is not None:
+            cpus = min(cpus, self.node_cpus)
+        if self.gpus_per_trial or cpus <= self.cpus_per_trial:
+            return self.task_options(), max(1, int(self.cpus_per_trial))
         return {"num_cpus": cpus, "num_gpus": 0}, max(1, int(cpus))
 
     def describe(self) -> str:
@@ -336,9 +339,6 @@ def check_address(address: str, timeout_s: float = 5.0) -> None:
                           f"a reachable Ray head node ({err.strerror or err})") from None
 
 
-LOOPBACK = "127.0.0.1"
-
-
 def connect(address: str | None) -> dict:
     """Start a local Ray cluster, or join the one at ``address``; returns its resources. The
     package travels to the workers with the job (``py_modules``), so workers need no copy."""
@@ -348,9 +348,7 @@ def connect(address: str | None) -> dict:
 
     quiet = {"runtime_env": {"py_modules": [vb_sweep]}, "logging_level": logging.ERROR}
     if not address:
-        # A local cluster is private: every Ray server listens on the loopback address only
-        # (and Ray's token authentication is on for local clusters).
-        ray.init(include_dashboard=False, _node_ip_address=LOOPBACK, **quiet)
+        ray.init(include_dashboard=False, **quiet)
         return ray.cluster_resources()
     check_address(address)
     try:
@@ -739,6 +737,8 @@ class SweepSession:
         except ConfigError:
             ray.shutdown()
             raise
+        self.resources.node_cpus = max(node["Resources"].get("CPU", 0.0)
+                                       for node in ray.nodes() if node["Alive"])
         return self
 
     def pending(self, configs: list[TrialConfig], retry_failed: bool = False) -> list[TrialConfig]:

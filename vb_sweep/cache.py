@@ -27,7 +27,8 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
-CACHE_FORMAT_VERSION = 1
+# 2: read with weights_only=True; PreparedPoison lives in vb_sweep.artifacts.
+CACHE_FORMAT_VERSION = 2
 T = TypeVar("T")
 UNREADABLE = object()  # what ArtifactCache._read returns when there is no usable artifact
 ARTIFACT_TYPES: list[type] = []  # the classes a cached artifact may contain besides tensors

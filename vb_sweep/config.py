@@ -219,7 +219,9 @@ PRESET_VALUES: dict[str, dict[str, Any]] = {
     #   learns from two half-blended objects, stays under-trained at this length (BadNets vab
     #   BA 0.81 against 0.96 without defense; Blend vab collapses to the target class, BA 0.10).
     #   At 0.5 the vab BA is 0.91 for BadNets and 0.79 for Blend; at 0.7 F+AT keeps 0.98 and
-    #   0.97 but no longer touches Blend (ASR 0.96).
+    #   0.97 but no longer touches Blend (ASR 0.96). (Those figures predate the authors'
+    #   BatchNorm passes and separate initialisations; with them BadNets vab is 0.934 / 0.000
+    #   against 0.988 / 0.969 without defense, and the rest await re-measurement.)
     "smoke": {"dataset": "synthetic", "model": "tiny_cnn", "test_per_class": 50,
               "batch_size": 64, "victim_batch_size": 32, "eval_batch_size": 512, "t_m": 0.5,
               **scaled_schedule(16), "lr_milestones": (8, 12, 14)},

@@ -63,7 +63,7 @@ def grid_cost(config, shared: bool) -> float:
     return time.perf_counter() - started
 
 
-def precisions(config, device: str) -> list[bool]:
+def precisions(device: str) -> list[bool]:
     """amp settings to measure: fp32 always, bf16 where the device computes it natively."""
     return [False, True] if autocast_dtype(True, device) is not None else [False]
 
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     print(f"{config.dataset}: {len(data.train)} training images, model {config.model}, "
           f"device {device}, {torch.get_num_threads()} threads, batch {config.batch_size} "
           f"(Victim {config.victim_batch_size}), BatchNorm passes {config.batchnorm_passes}")
-    for amp in precisions(config, device):
+    for amp in precisions(device):
         print(f"\n{precision_name(amp, device)}:")
         worst = print_stage_figures(stage_figures(config.replace(amp=amp), data, device))
         print(f"  largest overhead {worst:.1%} (goal: under 10%)")

@@ -6,16 +6,20 @@ everything they depend on (the dataset's fingerprint, the full configuration, th
 one build while the other waits, and the artifact is written to a temporary name and renamed into
 place, so a reader never sees a half-written file and a killed builder leaves nothing behind.
 
-Artifacts are read with ``torch.load(weights_only=True)``: tensors, containers, primitives and
-the project's own artifact dataclasses (``register_artifact_type``), nothing that can run code.
-A file that cannot be read so (truncated, corrupt, or crafted to run code) is moved aside as
-``KEY.pt.unreadable-TIME``, named in a one-line warning, and built again.
+Artifacts are written as a checked file (``save_checked``): a header line with the SHA-256 of
+the ``torch.save`` bytes that follow it. They are read back (``load_checked``) only if the
+checksum matches, with ``torch.load(weights_only=True)``: tensors, containers, primitives and the
+project's own artifact dataclasses (``register_artifact_type``), nothing that can run code. A
+file that fails either (truncated, bit-flipped, or crafted to run code) is moved aside as
+``KEY.pt.unreadable-TIME``, named in a one-line warning, and built again. Tune checkpoints use the
+same format.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import os
 import sys
@@ -28,7 +32,9 @@ from typing import Any, Callable, TypeVar
 import torch
 
 # 2: read with weights_only=True; PreparedPoison lives in vb_sweep.artifacts.
-CACHE_FORMAT_VERSION = 2
+# 3: checked files (a SHA-256 header before the torch.save bytes).
+CACHE_FORMAT_VERSION = 3
+CHECKED_MAGIC = b"vb-sweep checked file sha256="
 T = TypeVar("T")
 UNREADABLE = object()  # what ArtifactCache._read returns when there is no usable artifact
 ARTIFACT_TYPES: list[type] = []  # the classes a cached artifact may contain besides tensors
@@ -40,10 +46,33 @@ def register_artifact_type(cls: type) -> type:
     return cls
 
 
-def safe_load(path: Path):
-    """``torch.load`` that can only rebuild tensors, containers and artifact types."""
+class ChecksumError(ValueError):
+    """A checked file whose content does not match its recorded SHA-256 (or has no header)."""
+
+
+def save_checked(obj, path: Path) -> None:
+    """``torch.save`` bytes behind a header line holding their SHA-256, fsynced."""
+    payload = io.BytesIO()
+    torch.save(obj, payload)
+    content = payload.getbuffer()
+    with open(path, "wb") as handle:
+        handle.write(CHECKED_MAGIC + hashlib.sha256(content).hexdigest().encode() + b"\n")
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def load_checked(path: Path):
+    """What ``save_checked`` wrote, if its checksum matches (else ``ChecksumError``), loaded so
+    that only tensors, containers and artifact types can be rebuilt."""
+    content = Path(path).read_bytes()
+    header, _, payload = content.partition(b"\n")
+    if not header.startswith(CHECKED_MAGIC):
+        raise ChecksumError("no checksum header (not written by this version)")
+    if hashlib.sha256(payload).hexdigest().encode() != header[len(CHECKED_MAGIC):]:
+        raise ChecksumError("checksum mismatch: the file is corrupt")
     with torch.serialization.safe_globals(ARTIFACT_TYPES):
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
 
 
 def cache_key(kind: str, parts: dict[str, Any]) -> str:
@@ -90,7 +119,7 @@ class ArtifactCache:
         if not path.exists():
             return UNREADABLE
         try:
-            return safe_load(path)
+            return load_checked(path)
         except FileNotFoundError:  # moved aside by another process meanwhile
             return UNREADABLE
         except Exception as err:  # noqa: BLE001 - truncated, corrupt or unsafe: rebuild it
@@ -106,11 +135,9 @@ class ArtifactCache:
 
     def _write_atomically(self, target: Path, artifact) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{target.stem}.", suffix=".tmp")
+        os.close(fd)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(artifact, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
+            save_checked(artifact, Path(tmp))
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -27,6 +27,11 @@ class ConfigError(ValueError):
         return ConfigError, (self.field, self.value, self.allowed)
 
 
+def first_line(err: BaseException) -> str:
+    """An error's first line, at most 300 characters (its type when it has no text)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+
+
 def check_choice(field: str, value, choices: Iterable):
     choices = list(choices)
     if value not in choices:

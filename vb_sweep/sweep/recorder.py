@@ -1,0 +1,167 @@
+"""The driver's recorder: Tune calls it in the driver as trials report. It logs each epoch to
+the trial's MLflow run as it arrives and, when a trial ends, completes the run, writes the trial's
+Parquet files, removes its checkpoints and prints a ``[k/N]`` progress line."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pyarrow.fs
+
+from vb_sweep.errors import first_line
+from vb_sweep.results import write_trial
+from vb_sweep.sweep.worker import FIGURES_DIR, RESULT_FILE, failed_row, trial_spec
+
+
+# -- the driver's recorder ------------------------------------------------------------------------
+class TrialRecorder:
+    """Called by Tune in the driver: logs each reported epoch to the trial's MLflow run as it
+    arrives and, when a trial ends, completes that run, writes its Parquet files and prints one
+    line. ``tracker`` may be None (no MLflow)."""
+
+    def __init__(self, out: Path, tracker, total: int):
+        self.out = Path(out)
+        self.tracker = tracker
+        self.total = total
+        self.done = 0
+        self.started = time.monotonic()
+        self.tracking_failures = 0
+        self.open_runs: dict[str, str] = {}             # trial id -> its RUNNING MLflow run
+        self.logged_epochs: dict[str, set[int]] = {}    # trial id -> epochs logged live
+
+    def record_epoch(self, spec: dict, result: dict) -> None:
+        """One epoch's report; an epoch reported again (a retried trial re-running the epochs
+        after its last checkpoint) is logged once."""
+        if self.tracker is None or result.get("stage") in (None, "final"):
+            return
+        trial_id, epoch = spec["trial_id"], int(result["epoch"])
+        logged = self.logged_epochs.setdefault(trial_id, set())
+        if epoch in logged:
+            return
+        try:
+            if trial_id not in self.open_runs:
+                self.open_runs[trial_id] = self.tracker.open_trial_run(spec["config"], trial_id)
+            self.tracker.log_epoch(self.open_runs[trial_id], result)
+            logged.add(epoch)
+        except Exception as err:  # noqa: BLE001 - a tracking outage must not stop the sweep
+            self.tracking_failed(trial_id, err)
+
+    def record(self, spec: dict, row: dict, history: list[dict],
+               figures: dict[str, bytes]) -> dict:
+        row = {**row, "sweep": spec["sweep"], "trial_id": spec["trial_id"]}
+        history = [{**record, "sweep": spec["sweep"], "trial_id": spec["trial_id"]}
+                   for record in history]
+        row["mlflow_run_id"] = self._log_mlflow(spec, row, history, figures)
+        write_trial(self.out, row, history)
+        self.done += 1
+        print(progress_line(self.done, self.total, row, time.monotonic() - self.started),
+              flush=True)
+        return row
+
+    def invocation_status(self) -> str:
+        """The parent run's status: a run stopped by Ctrl-C (Tune returns normally) left
+        trials unrecorded."""
+        return "FINISHED" if self.done >= self.total else "KILLED"
+
+    def _log_mlflow(self, spec, row, history, figures) -> str | None:
+        if self.tracker is None:
+            return None
+        trial_id = spec["trial_id"]
+        try:
+            return self.tracker.log_trial(spec["config"], row, history, figures,
+                                          run_id=self.open_runs.pop(trial_id, None),
+                                          logged_epochs=frozenset(
+                                              self.logged_epochs.pop(trial_id, set())))
+        except Exception as err:  # noqa: BLE001 - a tracking outage must not lose the row
+            self.tracking_failed(trial_id, err)
+            return None
+
+    def tracking_failed(self, trial_id: str, err: Exception) -> None:
+        """One warning for the invocation, not one per call: the rows still go to Parquet."""
+        self.tracking_failures += 1
+        if self.tracking_failures == 1:
+            print(f"warning: MLflow logging failed ({trial_id}: {first_line(err)}); the sweep "
+                  "goes on and writes every row to Parquet, without MLflow runs for the trials "
+                  "logged during the outage", flush=True)
+
+    def record_checkpoint(self, spec: dict, checkpoint) -> dict:
+        if checkpoint is None:
+            return self.record(spec, failed_row(spec, "the trial ended without a result"), [], {})
+        with checkpoint.as_directory() as folder:
+            folder = Path(folder)
+            if not (folder / RESULT_FILE).exists():
+                row = failed_row(spec, "the trial ended without a result")
+                return self.record(spec, row, [], {})
+            result = json.loads((folder / RESULT_FILE).read_text())
+            figures = {path.name: path.read_bytes()
+                       for path in sorted((folder / FIGURES_DIR).glob("*"))}
+        return self.record(spec, result["row"], result["history"], figures)
+
+
+def progress_line(done: int, total: int, row: dict, elapsed_s: float | None = None) -> str:
+    """``[k/N] TRIAL finished: BA .. ASR .. in .. s`` and, given the time since the trials
+    started, the elapsed time and an estimate of what is left (at the pace so far)."""
+    head = f"[{done}/{total}] {row['trial_id']}"
+    if row["status"] != "ok":
+        error = (row.get("error") or "").strip().splitlines()
+        line = f"{head} FAILED: {error[-1] if error else 'unknown error'}"
+    else:
+        line = (f"{head} finished: BA {row['ba']:.3f} ASR {row['asr']:.3f}"
+                + (f" in {row['wall_s']:.0f} s" if _number(row.get("wall_s")) else ""))
+    if elapsed_s is None:
+        return line
+    left = elapsed_s / done * (total - done) if done else math.nan
+    return line + f" | elapsed {clock(elapsed_s)}" + (f", about {clock(left)} left"
+                                                     if done < total else "")
+
+
+def clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def tune_callback(recorder: TrialRecorder):
+    """The recorder as a Tune callback (Tune calls it in the driver's event loop)."""
+    from ray import tune
+
+    class RecordingCallback(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            recorder.record_epoch(trial_spec(trial.config), result)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            row = recorder.record_checkpoint(trial_spec(trial.config), trial.checkpoint)
+            if row["status"] == "ok":
+                remove_trial_checkpoints(trial)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            spec = trial_spec(trial.config)
+            recorder.record(spec, failed_row(spec, trial_error_text(trial)), [], {})
+
+    return RecordingCallback()
+
+
+def remove_trial_checkpoints(trial) -> None:
+    """A finished trial's checkpoints (its last epochs' states, its result) once its row is
+    written: nothing reads them again, and a ResNet-18 state is about 90 MB. A failed trial
+    keeps them, so --retry-failed continues it from its last epoch."""
+    fs = trial.storage.storage_filesystem
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(trial.path, allow_not_found=True)):
+        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+            try:
+                fs.delete_dir(info.path)
+            except OSError as err:  # a leftover costs disk, not results
+                print(f"warning: could not remove {info.path}: {err}", flush=True)
+
+
+def trial_error_text(trial) -> str:
+    """Tune's error file of the trial: on the driver's staging folder until it is synced."""
+    if trial.error_file and Path(trial.error_file).exists():
+        return Path(trial.error_file).read_text()
+    return trial.get_error() or f"the trial failed {trial.num_failures} time(s)"

@@ -1,0 +1,233 @@
+"""One invocation of a sweep: the checks before any work, the cluster, the MLflow parent run,
+the Tune run over the trials, and the end of the invocation.
+
+Where things live (OUT is the sweep's output folder):
+
+    OUT/sweep.json          which sweep the folder holds (kind, name, preset, options)
+    OUT/trials/ history/    Parquet, one file per finished trial, written by the driver
+    OUT/mlflow.db           the embedded MLflow store (default), written by the driver only
+    OUT/cache/              poisoned sets, Victim trajectories, mix stages, shared by the trials
+    OUT/tune/RUN/TRIAL_ID/  Tune's per-trial folders: per-epoch checkpoints (removed once the
+                            trial's row is written)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vb_sweep.config import TrialConfig
+from vb_sweep.errors import ConfigError, first_line
+from vb_sweep.grid import check_output_folder, manifest_for, write_manifest
+from vb_sweep.results import read_trials
+from vb_sweep.sweep.cluster import Resources, connect, plan_resources, prepare_artifacts
+from vb_sweep.sweep.recorder import TrialRecorder, tune_callback
+from vb_sweep.sweep.worker import base_spec, sweep_trial, trial_name
+from vb_sweep.tracking import SweepTracker, check_tracking_uri, default_tracking_uri, redact_url
+
+
+# -- running the trials ---------------------------------------------------------------------------
+@dataclass
+class TuneSettings:
+    storage: str                   # RunConfig.storage_path: any folder all nodes share
+    resources: Resources
+    max_failures: int = 2
+    verbose: int = 1
+
+
+def new_run_name() -> str:
+    return time.strftime("run-%Y%m%d-%H%M%S")
+
+
+PROGRESS_PARAMETERS = {"trial/config/attack": "attack", "trial/config/defense": "defense",
+                       "trial/config/seed": "seed"}
+PROGRESS_METRICS = {"stage": "stage", "epoch": "epoch", "ba": "BA", "asr": "ASR",
+                    "credible_size": "|Dc|", "loss": "loss"}
+
+
+def progress_reporter(verbose: int, searched: tuple[str, ...] = ()):
+    """Tune's classic table (one row per trial: its latest epoch's metrics), which is far more
+    compact than the default output, at most once a minute (the [k/N] lines carry the progress);
+    verbose 2 adds a line per reported epoch and a table every 5 s."""
+    from ray import tune
+
+    # Read when the run starts: the classic reporter instead of Tune's default output.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    # Per-epoch checkpoints with num_to_keep force frequent snapshots; that is expected here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # The Victim's epoch-0 record has no BA/ASR; a searcher only reads the final report.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    return tune.CLIReporter(metric_columns=PROGRESS_METRICS,
+                            parameter_columns={**PROGRESS_PARAMETERS,
+                                               **{name: name for name in searched}},
+                            max_report_frequency=60 if verbose < 2 else 5, max_progress_rows=50)
+
+
+def run_tune(settings: TuneSettings, param_space: dict, recorder: TrialRecorder,
+             search_alg=None, num_samples: int = 1, searched: tuple[str, ...] = ()):
+    """One Tune run over ``param_space`` (plus the fields ``search_alg`` suggests, named in
+    ``searched``); returns its ResultGrid."""
+    from ray import tune
+
+    reporter = progress_reporter(settings.verbose, searched)
+    trainable = tune.with_resources(sweep_trial, settings.resources.tune_request())
+    tuner = tune.Tuner(
+        trainable, param_space=param_space,
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg, num_samples=num_samples,
+            max_concurrent_trials=None if search_alg else settings.resources.max_concurrent,
+            trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+        run_config=tune.RunConfig(
+            name=new_run_name(), storage_path=settings.storage,
+            failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[tune_callback(recorder)], progress_reporter=reporter,
+            verbose=settings.verbose))
+    return tuner.fit()
+
+
+def grid_param_space(specs: list[dict]) -> dict:
+    from ray import tune
+
+    return {"trial": tune.grid_search(specs)}
+
+
+def absolute_storage(storage: str | None, out: Path) -> str:
+    if storage and "://" in storage:
+        return storage
+    return str(Path(storage).expanduser().resolve() if storage else (Path(out) / "tune").resolve())
+
+
+# -- one invocation of a sweep: checks, cluster, tracking, trials ---------------------------------
+@dataclass
+class SessionOptions:
+    kind: str                      # "ablation" | "threshold_search"
+    sweep: str
+    preset: str
+    out: Path
+    resume: bool = False
+    address: str | None = None
+    mlflow_uri: str | None = None
+    storage: str | None = None
+    cache_dir: str | None = None
+    gpus: int | None = None
+    trials_per_gpu: int = 1
+    cpus: int | None = None
+    cpus_per_trial: int = 1
+    max_failures: int = 2
+    verbose: int = 1
+    options: dict = field(default_factory=dict)  # recorded in sweep.json and the parent run
+
+
+class SweepSession:
+    """``check()`` validates everything that can be checked before work starts (raising
+    ``ConfigError``), ``start()`` records the sweep (manifest, MLflow parent run), ``run()``
+    runs trials, ``close()`` ends the invocation."""
+
+    def __init__(self, options: SessionOptions):
+        self.options = options
+        self.out = Path(options.out).resolve()
+        self.manifest = manifest_for(options.kind, options.sweep, options.preset, options.options)
+        self.tracking_uri = options.mlflow_uri or default_tracking_uri(self.out)
+        self.storage = absolute_storage(options.storage, self.out)
+        self.cache_dir = str(Path(options.cache_dir).expanduser().resolve()
+                             if options.cache_dir else self.out / "cache")
+        self.resources: Resources | None = None
+        self.tracker = None
+
+    def check(self) -> "SweepSession":
+        import ray
+
+        check_output_folder(self.out, self.manifest, self.options.resume)
+        check_tracking_uri(self.tracking_uri)
+        cluster = connect(self.options.address)
+        try:
+            self.resources = plan_resources(cluster, self.options.gpus,
+                                            self.options.trials_per_gpu, self.options.cpus,
+                                            self.options.cpus_per_trial)
+        except ConfigError:
+            ray.shutdown()
+            raise
+        self.resources.node_cpus = max(node["Resources"].get("CPU", 0.0)
+                                       for node in ray.nodes() if node["Alive"])
+        return self
+
+    def pending(self, configs: list[TrialConfig], retry_failed: bool = False) -> list[TrialConfig]:
+        """The configurations without a row in ``trials`` (a failed row counts as done unless
+        ``retry_failed``)."""
+        from vb_sweep.trial import trial_id_for
+
+        rows = read_trials(self.out)
+        if retry_failed:
+            rows = rows[rows["status"] == "ok"]
+        done = set(rows["trial_id"])
+        return [config for config in configs if trial_id_for(config) not in done]
+
+    def prepare(self, configs: list[TrialConfig], victims: bool = True) -> str:
+        return prepare_artifacts(configs, self.cache_dir, self.resources, victims)
+
+    def start(self) -> None:
+        write_manifest(self.out, self.manifest)
+        local_store = not self.tracking_uri.startswith(("http://", "https://"))
+        self.tracker = SweepTracker(self.tracking_uri, self.options.sweep,
+                                    self.out / "mlartifacts" if local_store else None)
+        self.tracker.start_invocation(self.options.kind, self.options.options,
+                                      self.options.resume)
+
+    def spec(self, config: TrialConfig) -> dict:
+        return base_spec(self.options.sweep, config, self.cache_dir, self.storage)
+
+    def recorder(self, total: int) -> TrialRecorder:
+        return TrialRecorder(self.out, self.tracker, total)
+
+    def run(self, param_space: dict, recorder: TrialRecorder, **tune_options):
+        settings = TuneSettings(self.storage, self.resources, self.options.max_failures,
+                                self.options.verbose)
+        return run_tune(settings, param_space, recorder, **tune_options)
+
+    def close(self, status: str) -> None:
+        import ray
+
+        try:
+            if self.tracker is not None:
+                self.tracker.finish_invocation(status)
+        except Exception as err:  # noqa: BLE001 - the grid files are written after this
+            print(f"warning: could not mark the MLflow parent run {status}: {first_line(err)}",
+                  flush=True)
+        finally:
+            ray.shutdown()
+
+    @contextmanager
+    def invocation(self, total: int):
+        """``start()``, yield the recorder of ``total`` trials, then ``close()`` with the
+        invocation's status: what the recorder saw, KILLED on Ctrl-C, FAILED on an error."""
+        status = "FAILED"
+        try:
+            self.start()
+            recorder = self.recorder(total)
+            yield recorder
+            status = recorder.invocation_status()
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            self.close(status)
+
+    def shared_folder_note(self) -> str | None:
+        """Joining a cluster with the single-machine defaults deserves a reminder."""
+        if self.options.address and not (self.options.storage and self.options.cache_dir):
+            return (f"note: Tune storage {self.storage} and cache {self.cache_dir} must be "
+                    "visible to every node (--storage-path, --cache-dir on a shared folder)")
+        return None
+
+    def locations(self) -> list[str]:
+        lines = [f"results:  pandas.read_parquet('{self.out / 'trials'}') "
+                 f"(per-epoch: '{self.out / 'history'}')",
+                 f"MLflow:   experiment '{self.options.sweep}' at {redact_url(self.tracking_uri)}"]
+        if self.tracking_uri.startswith("sqlite:"):
+            lines.append(f"          browse: mlflow ui --backend-store-uri {self.tracking_uri}")
+        lines.append(f"Tune:     {self.storage}")
+        return lines

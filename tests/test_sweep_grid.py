@@ -4,9 +4,6 @@ into a real SQLite store and the Optuna study's resume bookkeeping."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
@@ -19,8 +16,6 @@ from vb_sweep.sweep import (TrialRecorder, base_spec, fault_injection, plan_reso
                             trial_spec)
 from vb_sweep.tracking import SweepTracker, default_tracking_uri
 from vb_sweep.trial import trial_id_for
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
 
 # -- the grid -------------------------------------------------------------------------------------
@@ -92,12 +87,11 @@ def test_set_overrides_options_in_every_entry_point():
                                       "--set", "t_m=0.1", "seed=3", "lr_milestones=[1, 2]"])
     config = config_from_args(args)
     assert (config.t_m, config.seed, config.lr_milestones, config.epochs) == (0.1, 3, (1, 2), 4)
-    import threshold_search  # experiments/ is on the path (top of this file)
+    from vb_sweep.commands import search
 
-    args = threshold_search.build_parser().parse_args(
+    args = search.build_parser().parse_args(
         ["--attack", "badnets", "--seed", "1", "--set", "seed=4", "t_f=0.3"])
-    assert (threshold_search.base_config(args).seed, threshold_search.base_config(args).t_f) \
-        == (4, 0.3)
+    assert (search.base_config(args).seed, search.base_config(args).t_f) == (4, 0.3)
 
 
 # -- the output folder ----------------------------------------------------------------------------
@@ -268,7 +262,7 @@ def test_epochs_reach_mlflow_while_the_trial_runs_and_each_once(tmp_path):
 # -- Optuna ---------------------------------------------------------------------------------------
 def test_interrupted_study_trials_are_failed_and_requeued(tmp_path):
     import optuna
-    from threshold_search import finished_trials, open_study, requeue_interrupted
+    from vb_sweep.commands.search import finished_trials, open_study, requeue_interrupted
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     study, _ = open_study(url, "s")

@@ -1,7 +1,19 @@
-"""The ``vb-sweep`` command: ``run`` (one trial, no Ray) and ``show-attacks`` (trigger gallery).
+"""The ``vb-sweep`` command: sweeps on Ray Tune, one trial without Ray, the trigger gallery.
+
+commands:
+    vb-sweep ablation ...      the paper's Table 4 as a sweep (vb-sweep ablation --help)
+    vb-sweep search ...        Optuna over one cell's thresholds t_f, t_m (vb-sweep search --help)
+    vb-sweep run ...           one trial in this process, no Ray
+    vb-sweep show-attacks ...  every attack's trigger on test images, as one PNG
+
+examples:
+    vb-sweep ablation --preset smoke
+    vb-sweep search --attack badnets --n-trials 20
+    vb-sweep run --preset smoke --attack blend --defense vab --set t_m=0.3
+    vb-sweep show-attacks --out attacks.png
 
 Bad input ends with one line naming the field and the allowed values, exit status 2, before any
-data is loaded, and nothing is written.
+data is loaded or any cluster starts, and nothing is written.
 """
 
 from __future__ import annotations
@@ -11,7 +23,10 @@ import os
 import sys
 from pathlib import Path
 
+from vb_sweep.commands.options import OneLineErrorParser
 from vb_sweep.errors import ConfigError
+
+SWEEP_COMMANDS = {"ablation": "vb_sweep.commands.ablation", "search": "vb_sweep.commands.search"}
 
 
 def progress_line(record: dict, epochs: int) -> str:
@@ -48,25 +63,41 @@ def check_writable(folder: Path) -> Path:
 
 
 def add_trial_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="smoke", help="smoke | cpu | paper")
-    parser.add_argument("--attack", default="badnets")
-    parser.add_argument("--attack-preset", default=None, help="vab_paper | backdoorbench")
-    parser.add_argument("--defense", default="vab",
-                        help="none | F | F+AT | F+AT+SST | F+AT+SST+S | vab")
+    from vb_sweep.attacks import ATTACKS
+    from vb_sweep.config import AUGMENTS, DEFENSES, PRESETS
+    from vb_sweep.data.registry import DATASETS
+
+    parser.add_argument("--preset", default="smoke",
+                        help=f"{' | '.join(PRESETS)} (default smoke: generated data, minutes)")
+    parser.add_argument("--attack", default="badnets",
+                        help=f"{' | '.join(ATTACKS.names())} (default badnets)")
+    parser.add_argument("--attack-preset", default=None,
+                        help="vab_paper | backdoorbench: whose trigger settings (default vab_paper)")
+    parser.add_argument("--defense", default="vab", help=f"{' | '.join(DEFENSES)} (default vab)")
     parser.add_argument("--augment", default=None,
-                        help="attentionmix | mixup | cutmix | attentive_cutmix")
-    parser.add_argument("--dataset", default=None, help="synthetic | cifar10 | gtsrb")
-    parser.add_argument("--data-root", default=None)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--target", type=int, default=None)
-    parser.add_argument("--poison-rate", type=float, default=None)
-    parser.add_argument("--t-f", type=float, default=None)
-    parser.add_argument("--t-m", type=float, default=None)
+                        help=f"{' | '.join(AUGMENTS)}: the mixing of the F+AT variants "
+                             "(default attentionmix)")
+    parser.add_argument("--dataset", default=None,
+                        help=f"{' | '.join(DATASETS.names())} (default: the preset's)")
+    parser.add_argument("--data-root", default=None,
+                        help="dataset folder (cifar10, gtsrb); the generated data needs none")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="fixes poisoning, splits and training (default 0)")
+    parser.add_argument("--target", type=int, default=None, help="target class (default 0)")
+    parser.add_argument("--poison-rate", type=float, default=None,
+                        help="a fraction in [0, 1] (default: the attack's rate, METHOD.md)")
+    parser.add_argument("--t-f", type=float, default=None,
+                        help="filtering threshold in [0, 1]: the share of lowest-entropy "
+                             "samples held out as suspicious (default 0.1)")
+    parser.add_argument("--t-m", type=float, default=None,
+                        help="mixing threshold in [0, 1] of AttentionMix's mask "
+                             "(default: the preset's)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="Beneficiary epochs; the schedule is scaled to keep its proportions")
-    parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                        help="override any TrialConfig field")
+                        help="override any TrialConfig field, the options' too (later wins), "
+                             "e.g. --set lr=0.05 lambda_u='[0.1, 0.5]'")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (1 is fastest when other jobs share the cores)")
 
@@ -139,29 +170,48 @@ def command_show_attacks(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vb-sweep", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run one trial (no Ray)")
+    parser = OneLineErrorParser(prog="vb-sweep", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=OneLineErrorParser)
+    for name, help_text in (("ablation", "the paper's Table 4 as a Ray Tune sweep"),
+                            ("search", "Optuna over one cell's thresholds t_f, t_m")):
+        commands.add_parser(name, help=help_text, add_help=False)  # parsed by its own module
+    run = commands.add_parser("run", help="run one trial in this process (no Ray)",
+                              description="One trial of the defense, no Ray: progress per "
+                                          "epoch, its row in OUT/trials, figures in OUT/figures.",
+                              epilog="example: vb-sweep run --preset smoke --attack blend "
+                                     "--defense vab --set t_m=0.3")
     add_trial_options(run)
-    run.add_argument("--out", default="results/run")
-    run.add_argument("--sweep", default="adhoc")
-    run.add_argument("--cache-dir", default=None)
+    run.add_argument("--out", default="results/run", help="output folder (default results/run)")
+    run.add_argument("--sweep", default="adhoc", help="sweep name recorded in the row")
+    run.add_argument("--cache-dir", default=None, help="artifact cache (default OUT/cache)")
     run.set_defaults(handler=command_run)
 
-    show = commands.add_parser("show-attacks", help="draw every attack's trigger")
-    show.add_argument("--dataset", default="synthetic")
-    show.add_argument("--data-root", default=None)
-    show.add_argument("--attacks", nargs="*", default=None)
-    show.add_argument("--attack-preset", default="vab_paper")
+    show = commands.add_parser("show-attacks", help="draw every attack's trigger",
+                               description="Every attack's trigger on the same test images, "
+                                           "as one PNG (trained attacks train first).",
+                               epilog="example: vb-sweep show-attacks --attacks badnets blend "
+                                      "--out attacks.png")
+    show.add_argument("--dataset", default="synthetic", help="default synthetic")
+    show.add_argument("--data-root", default=None, help="dataset folder (cifar10, gtsrb)")
+    show.add_argument("--attacks", nargs="*", default=None, help="default: every attack")
+    show.add_argument("--attack-preset", default="vab_paper", help="vab_paper | backdoorbench")
     show.add_argument("--preset", default="smoke",
                       help="run preset whose training budget the trained attacks use")
-    show.add_argument("--cache-dir", default=None)
-    show.add_argument("--out", default="attacks.png")
+    show.add_argument("--cache-dir", default=None, help="where trained attacks are kept")
+    show.add_argument("--out", default="attacks.png", help="the PNG (default attacks.png)")
     show.set_defaults(handler=command_show_attacks)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SWEEP_COMMANDS:
+        import importlib
+
+        command = importlib.import_module(SWEEP_COMMANDS[argv[0]])
+        return command.main(argv[1:], prog=f"vb-sweep {argv[0]}")
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

@@ -1,5 +1,6 @@
-"""Options shared by the sweep entry points, and their one-line-error convention: bad input
-prints ``PROG: error: ...`` on stderr and exits with status 2 before any trial runs."""
+"""Options shared by the sweep commands (``vb-sweep ablation``, ``vb-sweep search`` and the
+scripts in experiments/ that call them), and their one-line-error convention: bad input prints
+``PROG: error: ...`` on stderr and exits with status 2 before any trial runs."""
 
 from __future__ import annotations
 
@@ -7,14 +8,18 @@ import argparse
 import sys
 from pathlib import Path
 
-# Running a script from a checkout (`python experiments/ablation.py`) finds the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vb_sweep.errors import ConfigError  # noqa: E402
-from vb_sweep.sweep import SessionOptions  # noqa: E402
+from vb_sweep.errors import ConfigError
+from vb_sweep.sweep import SessionOptions
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse's errors as one line (``PROG: error: ...``, exit 2) instead of the usage block;
+    the description and the examples in the epilog keep their line breaks in ``--help``."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
@@ -25,8 +30,11 @@ def fail(prog: str, err: ConfigError) -> int:
 
 
 def add_sweep_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="smoke", help="smoke | cpu | paper (default smoke)")
-    parser.add_argument("--data-root", default=None, help="dataset folder on the workers")
+    parser.add_argument("--preset", default="smoke", help="smoke (generated data, tiny network, minutes on a laptop) | cpu (CIFAR-10 "
+                             "subset, small CNN) | paper (full CIFAR-10, ResNet-18, 200 epochs); "
+                             "default smoke")
+    parser.add_argument("--data-root", default=None, help="dataset folder on the workers (cifar10: the python-pickle layout; "
+                             "gtsrb: 32x32 arrays); smoke's generated data needs none")
     parser.add_argument("--epochs", type=int, default=None,
                         help="Beneficiary epochs; the preset's schedule is scaled to them")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
@@ -38,16 +46,20 @@ def add_sweep_options(parser: argparse.ArgumentParser) -> None:
                        help="trials sharing one GPU (each gets 1/K of it)")
     group.add_argument("--cpus", type=int, default=None,
                        help="CPU cores the sweep uses on a cluster without GPUs")
-    group.add_argument("--cpus-per-trial", type=int, default=1)
+    group.add_argument("--cpus-per-trial", type=int, default=1,
+                       help="CPU cores (and torch threads) per trial (default 1)")
     group.add_argument("--address", default=None,
                        help="HOST:PORT of a running Ray head node (`ray start --head`) to join")
     group.add_argument("--max-failures", type=int, default=2,
-                       help="retries of a trial whose process dies (from its checkpoint)")
+                       help="retries of a trial whose process dies, from its latest checkpoint "
+                            "(default 2; an exception in the defense is a failed row, not "
+                            "retried)")
     group = parser.add_argument_group("output")
     group.add_argument("--out", default=None, help="output folder (default results/SWEEP)")
     group.add_argument("--sweep", default=None, help="sweep name (MLflow experiment)")
     group.add_argument("--resume", action="store_true",
-                       help="continue the sweep in --out: finished trials are kept")
+                       help="continue the sweep in --out: finished trials are kept, unfinished "
+                            "ones resume from their last epoch")
     group.add_argument("--retry-failed", action="store_true",
                        help="with --resume, run the trials recorded as failed again")
     group.add_argument("--mlflow-uri", default=None,

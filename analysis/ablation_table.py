@@ -19,6 +19,7 @@ if __package__ in (None, ""):  # run as a script: make `analysis` and `vb_sweep`
 
 from analysis.findings import DEFAULT_NOISE, check_findings, render_findings  # noqa: E402
 from analysis.tables import FORMATS, load_trials, report  # noqa: E402
+from vb_sweep.commands.options import OneLineErrorParser  # noqa: E402
 from vb_sweep.errors import ConfigError, check_fraction  # noqa: E402
 from vb_sweep.results import REPORTED_EPOCHS, at_reported_epoch  # noqa: E402
 
@@ -31,16 +32,18 @@ def fraction(text: str) -> float:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineErrorParser(prog="ablation_table.py", description=__doc__.splitlines()[0])
     parser.add_argument("results_dir", metavar="RESULTS_DIR", type=Path,
                         help="a sweep's output folder (holds trials/*.parquet)")
-    parser.add_argument("--format", choices=FORMATS, default="md")
+    parser.add_argument("--format", choices=FORMATS, default="md",
+                        help=f"{' | '.join(FORMATS)} (default md)")
     parser.add_argument("--out", type=Path, metavar="FILE", help="write here instead of stdout")
-    parser.add_argument("--dataset")
-    parser.add_argument("--poison-rate", type=fraction, metavar="R")
-    parser.add_argument("--preset")
-    parser.add_argument("--t-f", type=fraction, metavar="X")
-    parser.add_argument("--t-m", type=fraction, metavar="X")
+    parser.add_argument("--dataset", help="only this dataset's rows (default: each a table)")
+    parser.add_argument("--poison-rate", type=fraction, metavar="R",
+                        help="only this poisoning rate's rows")
+    parser.add_argument("--preset", help="only this preset's rows")
+    parser.add_argument("--t-f", type=fraction, metavar="X", help="only rows with this t_f")
+    parser.add_argument("--t-m", type=fraction, metavar="X", help="only rows with this t_m")
     parser.add_argument("--findings", action="store_true",
                         help="instead of the table, whether the grid supports each of the "
                              "paper's findings (METHOD.md section 4), with the deciding cells")

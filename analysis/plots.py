@@ -15,7 +15,6 @@ Figures are built with matplotlib's object API (no pyplot state), rendered by Ag
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
@@ -33,6 +32,7 @@ from analysis.tables import (  # noqa: E402
     SECTION_KEYS, ablation_grid, blank_unused_settings, describe_section, is_ok,
     ordered_attacks, split_sections,
 )
+from vb_sweep.commands.options import OneLineErrorParser  # noqa: E402
 from vb_sweep.config import DEFENSES  # noqa: E402
 from vb_sweep.results import read_history, read_trials  # noqa: E402
 
@@ -378,6 +378,12 @@ def render_all(results_dir: str | Path, out_dir: str | Path, trial_id: str | Non
     if not results_dir.is_dir():
         raise FileNotFoundError(f"results folder not found: {results_dir}")
     trials, history = read_trials(results_dir), read_history(results_dir)
+    if trials.empty and not (results_dir / PARETO_FILE).exists():
+        raise FileNotFoundError(f"nothing to plot under {results_dir}: no trial rows in trials/ "
+                                f"and no {PARETO_FILE} (the --out folder of a sweep)")
+    if trial_id is not None and trial_id not in set(trials["trial_id"]):
+        raise FileNotFoundError(f"invalid --trial: {trial_id!r} (allowed: a trial_id of "
+                                f"{results_dir / 'trials'}, e.g. {trials['trial_id'].iloc[0]})")
     return (render_variant_bars(trials, out_dir, note)
             + render_trial_figures(trials, history, out_dir, note, trial_id, split)
             + render_threshold_heatmaps(blank_unused_settings(trials), out_dir, note)
@@ -385,8 +391,9 @@ def render_all(results_dir: str | Path, out_dir: str | Path, trial_id: str | Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results_dir", metavar="RESULTS_DIR", type=Path)
+    parser = OneLineErrorParser(prog="plots.py", description=__doc__.splitlines()[0])
+    parser.add_argument("results_dir", metavar="RESULTS_DIR", type=Path,
+                        help="a sweep's output folder (holds trials/ and history/)")
     parser.add_argument("--out", type=Path, required=True, metavar="FIGDIR",
                         help="folder for the PNG and SVG files")
     parser.add_argument("--trial", default=None, metavar="ID",
@@ -398,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written = render_all(args.results_dir, args.out, args.trial, args.split)
     except (FileNotFoundError, IndexError) as err:
-        print(f"plots.py: error: {err}", file=sys.stderr)
+        print(f"plots.py: error: {err}", file=sys.stderr, flush=True)
         return 2
     for path in written:
         print(path)

@@ -60,7 +60,7 @@ def load_trials(results_dir: str | Path) -> pd.DataFrame:
     trials = read_trials(results_dir)
     if trials.empty:
         raise FileNotFoundError(f"no trial rows under {results_dir / TRIALS_DIR} "
-                                "(the --out folder of experiments/ablation.py)")
+                                "(the --out folder of vb-sweep ablation)")
     return trials
 
 

@@ -1,5 +1,5 @@
 """An MLflow server that dies mid-sweep costs seconds, not the sweep: a real `mlflow server`,
-stopped under a live recorder."""
+stopped under a live recorder; when it is back, the next invocation logs the trials it missed."""
 
 from __future__ import annotations
 
@@ -21,10 +21,7 @@ def test_a_dead_tracking_server_warns_once_and_loses_no_row(tmp_path, capsys, mo
         monkeypatch.delenv(name, raising=False)  # the tracker's own limits apply
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    server = start_group([str(BIN / "mlflow"), "server", "--backend-store-uri",
-                          f"sqlite:///{tmp_path / 'mlflow.db'}", "--artifacts-destination",
-                          str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port",
-                          str(port), "--workers", "1"], tmp_path / "server.log", {**os.environ})
+    server = start_server(tmp_path, port)
     try:
         wait_until(lambda: healthy(uri), "mlflow server up", processes=[server])
         tracker = SweepTracker(uri, "outage")
@@ -38,7 +35,8 @@ def test_a_dead_tracking_server_warns_once_and_loses_no_row(tmp_path, capsys, mo
         spec = {"trial_id": trial_id_for(config), "sweep": "outage", "config": config.to_dict()}
         recorder.record_epoch(spec, {"epoch": 1, "stage": "plain", "ba": 0.5})
         row = {"trial_id": spec["trial_id"], "status": "ok", "ba": 0.9, "asr": 0.1, "epochs": 1}
-        recorder.record(spec, row, [{"epoch": 1, "stage": "plain", "ba": 0.9}], {})
+        recorder.record(spec, row, [{"epoch": 1, "stage": "plain", "ba": 0.9}],
+                        {"variant.png": b"\x89PNG fake"})
     tracker_failures_took = time.monotonic() - started
     assert tracker_failures_took < 120, tracker_failures_took  # MLflow's defaults: ~4 min a call
     rows = pd.read_parquet(tmp_path / "out" / "trials")
@@ -54,3 +52,28 @@ def test_a_dead_tracking_server_warns_once_and_loses_no_row(tmp_path, capsys, mo
     session.tracker = tracker
     session.close("FINISHED")
     assert "could not mark the MLflow parent run FINISHED" in capsys.readouterr().out
+
+    # The server is back; the next invocation (a --resume) logs the two trials it missed.
+    server = start_server(tmp_path, port)
+    try:
+        wait_until(lambda: healthy(uri), "mlflow server up again", processes=[server])
+        tracker = SweepTracker(uri, "outage")
+        tracker.start_invocation("ablation", {}, resume=True)
+        assert TrialRecorder(tmp_path / "out", tracker, total=0).complete_pending() == 2
+        rows = pd.read_parquet(tmp_path / "out" / "trials")
+        assert rows["mlflow_run_id"].notna().all()
+        for run_id in rows["mlflow_run_id"]:
+            run = tracker.client.get_run(run_id)
+            assert run.info.status == "FINISHED" and run.data.metrics["final_ba"] == 0.9
+            artifacts = [a.path for a in tracker.client.list_artifacts(run_id, "figures")]
+            assert artifacts == ["figures/variant.png"]
+        assert not list((tmp_path / "out" / "mlflow-pending").iterdir())
+    finally:
+        stop_groups([server])
+
+
+def start_server(folder, port: int):
+    return start_group([str(BIN / "mlflow"), "server", "--backend-store-uri",
+                        f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination",
+                        str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+                        "--workers", "1"], folder / "server.log", {**os.environ})

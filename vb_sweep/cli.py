@@ -120,7 +120,13 @@ def command_run(args) -> int:
     from vb_sweep.artifacts import load_trial_data, make_attack
     from vb_sweep.trial import run_trial
 
+    from vb_sweep.config import check_device_present
+    from vb_sweep.errors import check_number
+
     config = config_from_args(args)
+    if args.threads is not None:
+        check_number("--threads", args.threads, integer=True, minimum=1)
+    check_device_present(config.device)
     out = check_writable(Path(args.out))
     if args.threads:
         import torch
@@ -153,6 +159,10 @@ def command_show_attacks(args) -> int:
     from vb_sweep.data import load_dataset
     from vb_sweep.gallery import render_attack_gallery
 
+    from vb_sweep.config import PRESETS
+    from vb_sweep.errors import check_choice
+
+    check_choice("--preset", args.preset, PRESETS)
     names = args.attacks or ATTACKS.names()
     attacks = [build_attack(name, preset=args.attack_preset,
                             **attack_budget(args.preset, name)) for name in names]

@@ -27,6 +27,10 @@ ATTENTION_INTERPOLATIONS = ("bilinear", "nearest")
 # - "joint": the attention in eval mode and one concatenated training forward, so the running
 #   statistics are built from the training batch only (mixed images, plus SST's unlabeled views).
 BATCHNORM_PASSES = ("authors", "joint")
+# Images per class at most: above every real dataset's (CIFAR-10 5,000, GTSRB 2,250), and the
+# generated data at this size already takes 1.8 GB of uint8 images.
+MAX_PER_CLASS = 60_000
+DEVICES = "auto | cpu | cuda | cuda:N"
 
 
 @dataclass(frozen=True)
@@ -138,10 +142,12 @@ class TrialConfig:
     def validate(self) -> "TrialConfig":
         from vb_sweep.attacks import ATTACKS
         from vb_sweep.data import DATASETS
+        from vb_sweep.data.registry import NUM_CLASSES
         from vb_sweep.models import MODELS
 
         check_choice("preset", self.preset, PRESETS)
         check_choice("dataset", self.dataset, DATASETS.names())
+        check_device(self.device)
         check_choice("model", self.model, MODELS.names())
         check_choice("attack", self.attack, ATTACKS.names())
         attack_cls = ATTACKS.get(self.attack)
@@ -159,7 +165,8 @@ class TrialConfig:
         for name in ("amp", "share_mix_stage"):
             check_choice(name, getattr(self, name), (True, False))
         check_number("seed", self.seed, integer=True, minimum=0)
-        check_number("target", self.target, integer=True, minimum=0)
+        check_number("target", self.target, integer=True, minimum=0,
+                     maximum=NUM_CLASSES[self.dataset] - 1)
         for name in ("epochs", "batch_size", "victim_batch_size", "warm_up", "resplit_every",
                      "sst_augmentations", "eval_batch_size"):
             check_number(name, getattr(self, name), integer=True, minimum=1)
@@ -167,7 +174,8 @@ class TrialConfig:
             raise ConfigError("mix_epochs", self.mix_epochs, f"0..epochs ({self.epochs})")
         for name in ("train_per_class", "test_per_class"):
             if getattr(self, name) is not None:
-                check_number(name, getattr(self, name), integer=True, minimum=1)
+                check_number(name, getattr(self, name), integer=True, minimum=1,
+                             maximum=MAX_PER_CLASS)
         self._validate_optimisation()
         return self
 
@@ -190,6 +198,30 @@ class TrialConfig:
         if self.sharpen_temperature is not None:
             check_number("sharpen_temperature", self.sharpen_temperature, minimum=1e-6)
         check_choice("horizontal_flip", self.horizontal_flip, (None, True, False))
+
+
+def check_device(device) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (whether this machine has it is checked where
+    the trials run: ``check_device_present``)."""
+    if not isinstance(device, str) or not (
+            device in ("auto", "cpu", "cuda")
+            or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ConfigError("device", device, DEVICES)
+    return device
+
+
+def check_device_present(device: str) -> None:
+    """A CUDA device that this machine does not have is a ``ConfigError``."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return
+    count = torch.cuda.device_count()
+    index = int(device[5:]) if ":" in device else 0
+    if index >= count:
+        raise ConfigError("device", device, f"{DEVICES}; this machine has {count} CUDA "
+                                            f"device(s)" + (", use cpu or auto" if not count
+                                                            else ""))
 
 
 def scaled_schedule(epochs: int) -> dict[str, Any]:

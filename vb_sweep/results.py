@@ -7,6 +7,7 @@ complete rows and a killed writer loses nothing that had finished.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -93,10 +94,31 @@ def write_trial(out_dir: Path, row: dict, history: list[dict]) -> Path:
 
 
 def read_trials(out_dir: Path) -> pd.DataFrame:
-    folder = Path(out_dir) / TRIALS_DIR
-    if not folder.exists() or not any(folder.glob("*.parquet")):
-        return pd.DataFrame({name: pd.Series(dtype=object) for name in TRIAL_SCHEMA.names})
-    return pd.read_parquet(folder)
+    """Every trial row under ``out_dir``; a file that cannot be read as a trials table (corrupt,
+    or of another schema) is skipped with a one-line warning, the rest are read."""
+    return read_table_folder(Path(out_dir) / TRIALS_DIR, TRIAL_SCHEMA, ("trial_id", "status"))
+
+
+def read_table_folder(folder: Path, schema: pa.Schema, required: tuple[str, ...]) -> pd.DataFrame:
+    frames = []
+    for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
+        try:
+            table = pq.read_table(path)
+        except Exception as err:  # noqa: BLE001 - corrupt or not Parquet: the others still count
+            skip_file(path, " ".join(str(err).split())[:120])
+            continue
+        missing = [name for name in required if name not in table.column_names]
+        if missing:
+            skip_file(path, f"not a {folder.name} table: no {', '.join(missing)} column")
+            continue
+        frames.append(table.to_pandas())
+    if not frames:
+        return pd.DataFrame({name: pd.Series(dtype=object) for name in schema.names})
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def skip_file(path: Path, reason: str) -> None:
+    print(f"warning: skipped {path}: {reason}", file=sys.stderr, flush=True)
 
 
 # Which epoch's BA and ASR a table shows: "last" (what the trial ended with, the honest figure)
@@ -120,7 +142,5 @@ def at_reported_epoch(trials: pd.DataFrame, epoch: str = "last") -> pd.DataFrame
 
 
 def read_history(out_dir: Path) -> pd.DataFrame:
-    folder = Path(out_dir) / HISTORY_DIR
-    if not folder.exists() or not any(folder.glob("*.parquet")):
-        return pd.DataFrame({name: pd.Series(dtype=object) for name in HISTORY_SCHEMA.names})
-    return pd.read_parquet(folder)
+    """Every per-epoch record under ``out_dir`` (unreadable files skipped, as ``read_trials``)."""
+    return read_table_folder(Path(out_dir) / HISTORY_DIR, HISTORY_SCHEMA, ("trial_id", "epoch"))

@@ -60,9 +60,18 @@ def default_tracking_uri(out: Path) -> str:
     return f"sqlite:///{(Path(out) / 'mlflow.db').resolve()}"
 
 
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file")
+
+
 def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast on an MLflow server that does not answer (its ``/health`` endpoint)."""
-    if not uri.startswith(("http://", "https://")):
+    """An MLflow tracking URI of a known kind; fail fast on a server that does not answer (its
+    ``/health`` endpoint)."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else "file"
+    if scheme not in TRACKING_SCHEMES:
+        raise ConfigError("--mlflow-uri", redact_url(uri),
+                          "http(s)://HOST:PORT of an `mlflow server`, or a database URI "
+                          "(sqlite, postgresql, mysql, mssql)")
+    if scheme not in ("http", "https"):
         return
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as reply:

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         options = grid_options(args)
         configs = build_grid(options)
         session = SweepSession(session_options(args, "ablation", sweep, options.to_dict()))
-        session.check()
+        session.check(configs)
         todo = session.pending(configs, retry_failed=args.retry_failed)
         print(f"sweep {sweep!r}: {len(configs)} cells, {len(configs) - len(todo)} already "
               f"done, {len(todo)} to run; {session.resources.describe()}", flush=True)

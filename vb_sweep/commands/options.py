@@ -73,6 +73,11 @@ def add_sweep_options(parser: argparse.ArgumentParser) -> None:
 
 
 def session_options(args, kind: str, sweep: str, options: dict) -> SessionOptions:
+    """The session's options from the parsed arguments (``ConfigError`` on combinations that
+    make no sense)."""
+    if args.retry_failed and not args.resume:
+        raise ConfigError("--retry-failed", True, "only with --resume (it re-runs the failed "
+                          "trials of the sweep being resumed)")
     return SessionOptions(
         kind=kind, sweep=sweep, preset=args.preset,
         out=Path(args.out) if args.out else Path("results") / sweep, resume=args.resume,

@@ -76,6 +76,9 @@ def base_config(args):
 
 
 def check_search_options(args) -> dict[str, tuple[float, float]]:
+    if args.defense == "none":
+        raise ConfigError("--defense", args.defense, f"{' | '.join(DEFENSES[1:])} (without a "
+                          "defense the thresholds change nothing)")
     ranges = {"t_f": tuple(args.t_f_range), "t_m": tuple(args.t_m_range)}
     for name, (low, high) in ranges.items():
         check_fraction(f"{name} range low", low)
@@ -91,6 +94,19 @@ def check_search_options(args) -> dict[str, tuple[float, float]]:
 
 def storage_url(args, out: Path) -> str:
     return args.storage or f"sqlite:///{(out / 'optuna.db').resolve()}"
+
+
+def check_storage_url(url: str) -> str:
+    """An Optuna RDB storage URL whose database driver is installed; nothing is opened."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url(url).get_dialect()
+    except Exception as err:  # noqa: BLE001 - unparsable, or no such database driver
+        raise ConfigError("--storage", redact_url(url),
+                          f"an Optuna storage URL such as sqlite:///PATH or "
+                          f"postgresql://USER@HOST/DB ({type(err).__name__})") from None
+    return url
 
 
 # -- the study ------------------------------------------------------------------------------------
@@ -187,9 +203,9 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         options = {**vars(args), "storage": redact_url(args.storage),
                    "mlflow_uri": redact_url(args.mlflow_uri)}
         session = SweepSession(session_options(args, "threshold_search", sweep, options))
-        url = storage_url(args, session.out)
+        url = check_storage_url(storage_url(args, session.out))
         study_name = args.study_name or sweep
-        session.check()
+        session.check([base])
         if session.shared_folder_note():
             print(session.shared_folder_note(), flush=True)
         session.out.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import torch
 
+from vb_sweep.data import cifar10, gtsrb, synthetic
 from vb_sweep.data.base import DatasetSplits, ImageDataset
 from vb_sweep.data.cifar10 import load_cifar10
 from vb_sweep.data.gtsrb import load_gtsrb
@@ -35,6 +36,22 @@ DATASETS: Registry[DatasetLoader] = Registry("dataset")
 DATASETS.register("synthetic")(load_synthetic)
 DATASETS.register("cifar10")(load_cifar10)
 DATASETS.register("gtsrb")(load_gtsrb)
+# Known without loading anything: what a target class and the files are checked against.
+NUM_CLASSES = {"synthetic": len(synthetic.CLASS_NAMES), "cifar10": 10, "gtsrb": gtsrb.NUM_CLASSES}
+FILE_FINDERS = {"cifar10": (cifar10.find_batches_dir, cifar10.EXPECTED_LAYOUT),
+                "gtsrb": (gtsrb.find_npz_dir, gtsrb.EXPECTED_LAYOUT)}
+
+
+def check_dataset_files(name: str, root: str | os.PathLike | None) -> None:
+    """The dataset's files are where ``load_dataset`` will look (without reading them): a
+    missing or partial layout is a ``ConfigError`` before any work starts."""
+    if name not in FILE_FINDERS:
+        return
+    find, layout = FILE_FINDERS[name]
+    resolved = resolve_data_root(root)
+    if find(resolved) is None:
+        raise ConfigError("data_root", str(resolved), f"{layout}; none found there - point "
+                          "--data-root at a folder holding the files")
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, *,

@@ -1,11 +1,19 @@
 """The driver's recorder: Tune calls it in the driver as trials report. It logs each epoch to
 the trial's MLflow run as it arrives and, when a trial ends, completes the run, writes the trial's
-Parquet files, removes its checkpoints and prints a ``[k/N]`` progress line."""
+Parquet files, removes its checkpoints and prints a ``[k/N]`` progress line.
+
+A trial that MLflow could not take (the server was down) still gets its Parquet row, and what
+its run needs (configuration, row, history, figures) is kept in ``OUT/mlflow-pending/TRIAL_ID/``;
+the next invocation of the sweep (``--resume``) logs it and records the run's id in the row.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,6 +22,9 @@ import pyarrow.fs
 from vb_sweep.errors import first_line
 from vb_sweep.results import write_trial
 from vb_sweep.sweep.worker import FIGURES_DIR, RESULT_FILE, failed_row, trial_spec
+
+PENDING_DIR = "mlflow-pending"
+PENDING_RECORD = "trial.json"
 
 
 # -- the driver's recorder ------------------------------------------------------------------------
@@ -56,10 +67,52 @@ class TrialRecorder:
                    for record in history]
         row["mlflow_run_id"] = self._log_mlflow(spec, row, history, figures)
         write_trial(self.out, row, history)
+        if self.tracker is not None and row["mlflow_run_id"] is None:
+            self.keep_for_mlflow(spec["config"], row, history, figures)
         self.done += 1
         print(progress_line(self.done, self.total, row, time.monotonic() - self.started),
               flush=True)
         return row
+
+    def keep_for_mlflow(self, config: dict, row: dict, history: list[dict],
+                        figures: dict[str, bytes]) -> None:
+        """What the trial's MLflow run needs, until an invocation with a reachable server logs
+        it (``complete_pending``); the record file is written last, atomically."""
+        folder = self.out / PENDING_DIR / row["trial_id"]
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, content in figures.items():
+            (folder / name).write_bytes(content)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".trial.", suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"config": config, "row": row, "history": history}, handle)
+        os.replace(tmp, folder / PENDING_RECORD)
+
+    def complete_pending(self) -> int:
+        """Logs the trials an earlier MLflow outage left out, records their run ids in their
+        Parquet rows and forgets them; returns how many. A failure leaves the rest for later."""
+        if self.tracker is None:
+            return 0
+        root = self.out / PENDING_DIR
+        kept = sorted(path.parent for path in root.glob(f"*/{PENDING_RECORD}"))
+        logged = 0
+        for folder in kept:
+            record = json.loads((folder / PENDING_RECORD).read_text())
+            figures = {path.name: path.read_bytes() for path in sorted(folder.iterdir())
+                       if path.is_file() and path.suffix != ".json" and
+                       not path.name.startswith(".")}
+            try:
+                run_id = self.tracker.log_trial(record["config"], record["row"],
+                                                record["history"], figures)
+            except Exception as err:  # noqa: BLE001 - still unreachable: try again next time
+                self.tracking_failed(record["row"]["trial_id"], err)
+                break
+            write_trial(self.out, {**record["row"], "mlflow_run_id": run_id}, record["history"])
+            shutil.rmtree(folder)
+            logged += 1
+        if logged:
+            print(f"logged {logged} trial(s) to MLflow that an earlier outage had left out",
+                  flush=True)
+        return logged
 
     def invocation_status(self) -> str:
         """The parent run's status: a run stopped by Ctrl-C (Tune returns normally) left
@@ -84,8 +137,8 @@ class TrialRecorder:
         self.tracking_failures += 1
         if self.tracking_failures == 1:
             print(f"warning: MLflow logging failed ({trial_id}: {first_line(err)}); the sweep "
-                  "goes on and writes every row to Parquet, without MLflow runs for the trials "
-                  "logged during the outage", flush=True)
+                  "goes on and writes every row to Parquet; the trials MLflow misses are kept in "
+                  f"{self.out / PENDING_DIR} and logged by --resume", flush=True)
 
     def record_checkpoint(self, spec: dict, checkpoint) -> dict:
         if checkpoint is None:

@@ -14,13 +14,14 @@ Where things live (OUT is the sweep's output folder):
 from __future__ import annotations
 
 import os
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vb_sweep.config import TrialConfig
-from vb_sweep.errors import ConfigError, first_line
+from vb_sweep.errors import ConfigError, check_number, first_line
 from vb_sweep.grid import check_output_folder, manifest_for, write_manifest
 from vb_sweep.results import read_trials
 from vb_sweep.sweep.cluster import Resources, connect, plan_resources, prepare_artifacts
@@ -122,6 +123,55 @@ class SessionOptions:
     options: dict = field(default_factory=dict)  # recorded in sweep.json and the parent run
 
 
+SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_session_options(options: SessionOptions) -> None:
+    if not SWEEP_NAME.fullmatch(options.sweep):
+        raise ConfigError("--sweep", options.sweep, "letters, digits, '.', '_' and '-' (it "
+                          "names a folder and an MLflow experiment)")
+    check_number("--trials-per-gpu", options.trials_per_gpu, integer=True, minimum=1)
+    check_number("--cpus-per-trial", options.cpus_per_trial, integer=True, minimum=1)
+    check_number("--max-failures", options.max_failures, integer=True, minimum=0)
+    if options.cpus is not None:
+        check_number("--cpus", options.cpus, integer=True, minimum=1)
+    if options.gpus is not None:
+        check_number("--gpus", options.gpus, integer=True, minimum=0)
+
+
+def check_folder(field: str, path) -> None:
+    """``path`` is a folder, or can be made one by this user (its nearest existing parent is a
+    writable folder); nothing is created."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(field, str(path), "a folder (this is a file)")
+    parent = next(p for p in (path, *path.parents) if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(field, str(path), f"a folder this user can write ({parent} is not)")
+
+
+def check_local_machine(options: SessionOptions, configs: list[TrialConfig]) -> None:
+    """On a cluster this driver starts, the resources asked for and the trials' devices and
+    dataset files are this machine's: checked here, before Ray starts."""
+    import torch
+
+    from vb_sweep.config import check_device_present
+    from vb_sweep.data.registry import check_dataset_files
+
+    gpus, cpus = torch.cuda.device_count(), os.cpu_count() or 1
+    if options.gpus and options.gpus > gpus:
+        raise ConfigError("--gpus", options.gpus, f"at most this machine's {gpus} GPU(s)")
+    if options.cpus is not None and options.cpus > cpus:
+        raise ConfigError("--cpus", options.cpus, f"1 to this machine's {cpus} CPUs")
+    if options.cpus_per_trial > cpus:
+        raise ConfigError("--cpus-per-trial", options.cpus_per_trial,
+                          f"1 to this machine's {cpus} CPUs")
+    for device in sorted({config.device for config in configs}):
+        check_device_present(device)
+    for dataset, root in sorted({(c.dataset, c.data_root or "") for c in configs}):
+        check_dataset_files(dataset, root or None)
+
+
 class SweepSession:
     """``check()`` validates everything that can be checked before work starts (raising
     ``ConfigError``), ``start()`` records the sweep (manifest, MLflow parent run), ``run()``
@@ -138,11 +188,22 @@ class SweepSession:
         self.resources: Resources | None = None
         self.tracker = None
 
-    def check(self) -> "SweepSession":
+    def check(self, configs: list[TrialConfig] = ()) -> "SweepSession":
+        """Everything that can be checked before work starts, then the cluster: the options,
+        the folders, the MLflow store and, on a local cluster, this machine's GPUs, cores and
+        dataset files for ``configs``; then Ray starts (or is joined) and the resources are
+        planned against it."""
         import ray
 
+        check_session_options(self.options)
+        check_folder("--out", self.out)
+        check_folder("--cache-dir", self.cache_dir)
+        if "://" not in self.storage:
+            check_folder("--storage-path", self.storage)
         check_output_folder(self.out, self.manifest, self.options.resume)
         check_tracking_uri(self.tracking_uri)
+        if not self.options.address:
+            check_local_machine(self.options, configs)
         cluster = connect(self.options.address)
         try:
             self.resources = plan_resources(cluster, self.options.gpus,
@@ -208,6 +269,7 @@ class SweepSession:
         try:
             self.start()
             recorder = self.recorder(total)
+            recorder.complete_pending()
             yield recorder
             status = recorder.invocation_status()
         except KeyboardInterrupt:

@@ -1,0 +1,243 @@
+"""Every bad input is one line naming the field, exit status 2, before any work: no Ray cluster
+starts, no data is loaded for a sweep, and the output folder is not created (or left as it was).
+
+The cases follow the categories of an audit of 118 bad inputs: unknown choices, out-of-range
+and non-finite numbers, malformed --set, resources the machine does not have, folders that are
+files, unreachable services, other sweeps' folders, and the analysis scripts' bad inputs. Each
+command is called in this process, with ``ray.init`` made to fail loudly: a case that gets as far
+as starting a cluster is a failure of the check, not a slow pass.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from vb_sweep import cli
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from analysis import ablation_table, plots  # noqa: E402
+
+# (arguments, a word the one line must hold) for both sweep commands.
+SWEEP_CASES = [
+    (["--preset", "huge"], "preset"),
+    (["--epochs", "0"], "epochs"),
+    (["--epochs", "four"], "--epochs"),
+    (["--set", "no_such_field=1"], "--set field"),
+    (["--set", "epochs"], "--set"),
+    (["--set", "lr=NaN"], "lr"),
+    (["--set", "momentum=1.5"], "momentum"),
+    (["--set", "lr_milestones=5"], "lr_milestones"),
+    (["--set", "lambda_u=[0.1]"], "lambda_u"),
+    (["--set", "victim_temperature=hot"], "victim_temperature"),
+    (["--set", "crop_padding=-1"], "crop_padding"),
+    (["--set", "warm_up_step=Infinity"], "warm_up_step"),
+    (["--set", "train_per_class=0"], "train_per_class"),
+    (["--set", "train_per_class=100000000"], "train_per_class"),
+    (["--set", "device=tpu"], "device"),
+    (["--set", "device=cuda"], "device"),
+    (["--set", "seed=-1"], "seed"),
+    (["--set", "target=10"], "target"),
+    (["--set", "batchnorm_passes=eval"], "batchnorm_passes"),
+    (["--gpus", "1"], "--gpus"),
+    (["--cpus", "0"], "--cpus"),
+    (["--cpus", "100000"], "--cpus"),
+    (["--cpus-per-trial", "0"], "--cpus-per-trial"),
+    (["--trials-per-gpu", "0"], "--trials-per-gpu"),
+    (["--max-failures", "-1"], "--max-failures"),
+    (["--verbose", "5"], "--verbose"),
+    (["--address", "127.0.0.1:1"], "--address"),
+    (["--address", "ray://127.0.0.1:10001"], "--address"),
+    (["--mlflow-uri", "ftp://example"], "--mlflow-uri"),
+    (["--mlflow-uri", "http://127.0.0.1:1"], "--mlflow-uri"),
+    (["--retry-failed"], "--retry-failed"),
+    (["--sweep", "../escape"], "--sweep"),
+    (["--preset", "cpu", "--data-root", "missing-folder"], "data_root"),
+    (["--preset", "cpu"], "data_root"),  # CIFAR-10 needs --data-root
+]
+ABLATION_CASES = [
+    (["--attacks", "nope"], "attack"),
+    (["--defenses", "F+AT", "F+X"], "defense variant"),
+    (["--datasets", "mnist"], "dataset"),
+    (["--poison-rates", "2.0"], "poison rate"),
+    (["--poison-rates", "lots"], "--poison-rates"),
+    (["--seeds", "0", "0"], "--seeds"),
+    (["--seeds", "-3"], "seed"),
+    (["--t-f", "1.5"], "t_f"),
+    (["--t-m", "-0.1"], "t_m"),
+    (["--report-epoch", "middle"], "--report-epoch"),
+]
+SEARCH_CASES = [
+    (["--attack", "nope"], "attack"),
+    (["--defense", "none"], "--defense"),
+    (["--defense", "V&B"], "defense"),
+    (["--poison-rate", "1.5"], "poison_rate"),
+    (["--t-f-range", "0.5", "0.1"], "--t-f-range"),
+    (["--t-m-range", "0", "2"], "t_m range high"),
+    (["--n-trials", "0"], "--n-trials"),
+    (["--concurrency", "0"], "--concurrency"),
+    (["--storage", "bogus://nowhere"], "--storage"),
+]
+RUN_CASES = [
+    (["--attack", "nope"], "attack"),
+    (["--defense", "V&B"], "defense"),
+    (["--augment", "cutout"], "augment"),
+    (["--attack-preset", "mine"], "attack_preset"),
+    (["--poison-rate", "1.5"], "poison_rate"),
+    (["--target", "10"], "target"),
+    (["--dataset", "mnist"], "dataset"),
+    (["--t-f", "-0.1"], "t_f"),
+    (["--epochs", "0"], "epochs"),
+    (["--threads", "0"], "--threads"),
+    (["--device", "tpu"], "device"),
+    (["--device", "cuda"], "device"),
+    (["--set", "lr=NaN"], "lr"),
+    (["--dataset", "cifar10", "--data-root", "missing-folder"], "data_root"),
+]
+SHOW_ATTACKS_CASES = [
+    (["--attacks", "nope"], "attack"),
+    (["--dataset", "mnist"], "dataset"),
+    (["--attack-preset", "mine"], "attack preset"),
+    (["--preset", "huge"], "--preset"),
+]
+
+
+@pytest.fixture(autouse=True)
+def no_cluster(monkeypatch):
+    """A bad input must be refused before Ray starts: starting it fails the test at once."""
+    import ray
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a Ray cluster was started for a bad input")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
+def call(main, argv) -> int:
+    try:
+        return main(argv)
+    except SystemExit as stop:  # argparse's errors
+        return stop.code
+
+
+def assert_one_line_error(code: int, err: str, word: str) -> None:
+    lines = err.strip().splitlines()
+    assert code == 2, (code, err)
+    assert len(lines) == 1 and "error:" in lines[0] and word in lines[0], lines
+
+
+def sweep_case(command: str, args: list[str], word: str, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    required = ["--attack", "badnets"] if command == "search" and "--attack" not in args else []
+    code = call(cli.main, [command, *required, *args, "--out", str(out)])
+    assert_one_line_error(code, capsys.readouterr().err, word)
+    assert not out.exists(), sorted(p.name for p in out.iterdir())
+
+
+@pytest.mark.parametrize("args, word", SWEEP_CASES + ABLATION_CASES)
+def test_ablation_bad_input(args, word, tmp_path, capsys):
+    sweep_case("ablation", args, word, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("args, word", SWEEP_CASES + SEARCH_CASES)
+def test_search_bad_input(args, word, tmp_path, capsys):
+    sweep_case("search", args, word, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("args, word", RUN_CASES)
+def test_run_bad_input(args, word, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = call(cli.main, ["run", *args, "--out", str(out)])
+    assert_one_line_error(code, capsys.readouterr().err, word)
+    assert not (out / "trials").exists()
+
+
+@pytest.mark.parametrize("args, word", SHOW_ATTACKS_CASES)
+def test_show_attacks_bad_input(args, word, tmp_path, capsys):
+    out = tmp_path / "attacks.png"
+    code = call(cli.main, ["show-attacks", *args, "--out", str(out)])
+    assert_one_line_error(code, capsys.readouterr().err, word)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("folder", ["out", "cache-dir", "storage-path"])
+def test_a_file_where_a_folder_belongs(folder, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = tmp_path / "out"
+    paths = {"out": str(out), folder: str(blocker)}
+    code = call(cli.main, ["ablation", *[f"--{k}={v}" for k, v in paths.items()]])
+    assert_one_line_error(code, capsys.readouterr().err, f"--{folder}")
+    assert blocker.read_text() == "not a folder"
+    assert folder == "out" or not out.exists()
+
+
+def test_another_sweeps_folder_is_left_as_it_was(tmp_path, capsys):
+    from vb_sweep.grid import manifest_for, write_manifest
+
+    out = tmp_path / "out"
+    write_manifest(out, manifest_for("threshold_search", "theirs", "smoke", {}))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code = call(cli.main, ["ablation", "--out", str(out)])
+    assert_one_line_error(code, capsys.readouterr().err, "--out")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+# -- the analysis scripts -------------------------------------------------------------------------
+@pytest.fixture
+def results(tmp_path):
+    """A results folder with one trial row and its history."""
+    from vb_sweep.results import write_trial
+
+    out = tmp_path / "results"
+    row = {"sweep": "s", "trial_id": "badnets-none-s0-x", "dataset": "synthetic",
+           "model": "tiny_cnn", "attack": "badnets", "attack_preset": "vab_paper",
+           "poison_rate": 0.1, "target": 0, "defense": "none", "augment": "attentionmix",
+           "t_f": 0.1, "t_m": 0.5, "seed": 0, "preset": "smoke", "ba": 0.9, "asr": 0.9,
+           "ra": 0.1, "status": "ok", "epochs": 2}
+    write_trial(out, row, [{"sweep": "s", "trial_id": row["trial_id"], "epoch": 1,
+                            "stage": "plain", "ba": 0.9, "asr": 0.9}])
+    return out
+
+
+ANALYSIS_CASES = [
+    (ablation_table.main, ["missing-folder"], "results"),
+    (ablation_table.main, ["RESULTS", "--dataset", "mnist"], "--dataset"),
+    (ablation_table.main, ["RESULTS", "--epoch", "middle"], "--epoch"),
+    (ablation_table.main, ["RESULTS", "--format", "pdf"], "--format"),
+    (plots.main, ["missing-folder"], "results"),
+    (plots.main, ["EMPTY"], "nothing to plot"),
+    (plots.main, ["RESULTS", "--trial", "no-such-trial"], "--trial"),
+]
+
+
+@pytest.mark.parametrize("main, args, word", ANALYSIS_CASES)
+def test_analysis_bad_input(main, args, word, results, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    places = {"RESULTS": str(results), "EMPTY": str(empty),
+              "missing-folder": str(tmp_path / "missing")}
+    argv = [places.get(arg, arg) for arg in args] + ["--out", str(tmp_path / "figures")]
+    code = call(main, argv)
+    assert_one_line_error(code, capsys.readouterr().err, word)
+
+
+def test_analysis_reads_past_a_corrupt_file_with_a_warning(results, capsys):
+    """One corrupt Parquet file and one of another schema in trials/: the table is made from
+    the rest, each skipped file named in a warning."""
+    import pandas as pd
+
+    (results / "trials" / "corrupt.parquet").write_bytes(b"PAR1 not really")
+    pd.DataFrame({"something": ["else"]}).to_parquet(results / "trials" / "other.parquet")
+    assert call(ablation_table.main, [str(results)]) == 0
+    captured = capsys.readouterr()
+    assert "badnets" in captured.out
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert any("corrupt.parquet" in line for line in warnings), captured.err
+    assert any("other.parquet" in line for line in warnings), captured.err
+

@@ -34,7 +34,7 @@ import pandas as pd
 
 from vb_sweep.config import AUGMENTS, DEFENSES, VARIANTS
 from vb_sweep.errors import ConfigError
-from vb_sweep.results import EPOCH_LEGEND, TRIALS_DIR, at_reported_epoch, read_trials
+from vb_sweep.results import EPOCH_LEGEND, TRIALS_DIR, at_reported_epoch, der, read_trials
 
 ATTACK_ORDER = ("badnets", "blend", "wanet", "dynamic", "sig", "cl")
 SECTION_KEYS = ["dataset", "poison_rate", "preset", "target", "t_f", "t_m"]
@@ -120,13 +120,6 @@ def is_ok(rows: pd.DataFrame) -> pd.Series:
 
 # ---------------------------------------------------------------------------------------------
 # DER
-
-def der(ba_none, asr_none, ba_def, asr_def):
-    """Defense effectiveness rate (METHOD.md section 6); fractions in, a fraction out."""
-    asr_drop = np.maximum(0.0, np.asarray(asr_none) - np.asarray(asr_def))
-    ba_drop = np.maximum(0.0, np.asarray(ba_none) - np.asarray(ba_def))
-    return (asr_drop - ba_drop + 1.0) / 2.0
-
 
 def with_der(rows: pd.DataFrame, all_trials: pd.DataFrame) -> pd.DataFrame:
     """``rows`` plus a ``der`` column against the matching no-defense run (NaN: none found, or

@@ -178,3 +178,30 @@ def test_threshold_search_refuses_bad_ranges(sweep_script, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == ("threshold_search.py: error: invalid --t-f-range: "
                                      "[0.3, 0.1] (allowed: LOW < HIGH)")
+
+
+def test_a_killed_drivers_local_cluster_leaves_no_process(background_script, tmp_path):
+    """SIGKILL a driver whose local Ray cluster is up: its reaper stops every process the
+    driver had started (GCS, raylet, agents, workers)."""
+    import psutil
+
+    from conftest import wait_until
+
+    log = tmp_path / "driver.log"
+    driver = background_script("ablation.py", *TINY, "--out", str(tmp_path / "out"), log=log)
+    wait_until(lambda: "sweep 'ablation-smoke'" in log.read_text(), "the local cluster up",
+               processes=[driver])
+    started = [process for process in psutil.Process(driver.pid).children(recursive=True)
+               if "vb_sweep.sweep.reaper" not in " ".join(process.cmdline())]
+    assert any("gcs_server" in process.name() for process in started), started
+    driver.kill()
+    driver.wait()
+
+    def running(process) -> bool:
+        try:
+            return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    wait_until(lambda: not any(running(process) for process in started),
+               "every process of the killed driver's cluster gone", timeout_s=60)

@@ -19,12 +19,23 @@ from vb_sweep.trial import trial_id_for
 
 
 # -- the grid -------------------------------------------------------------------------------------
-def test_smoke_defaults_are_badnets_by_six_variants_by_one_seed():
+def test_smoke_defaults_are_badnets_none_f_vab_by_one_seed():
     configs = build_grid(GridOptions(preset="smoke"))  # the README's first run
-    assert len(configs) == 6
+    assert len(configs) == 3
     assert {c.attack for c in configs} == {"badnets"}
-    assert [c.defense for c in configs] == list(DEFENSES)
+    assert [c.defense for c in configs] == ["none", "F", "vab"]
     assert {c.seed for c in configs} == {0}
+    cpu = build_grid(GridOptions(preset="cpu", attacks=["badnets"]))
+    assert [c.defense for c in cpu] == list(DEFENSES)
+
+
+def test_trials_start_longest_variant_first():
+    from vb_sweep.grid import longest_first
+
+    configs = build_grid(GridOptions(attacks=["badnets", "blend"], defenses=list(DEFENSES)))
+    order = [(c.defense, c.attack) for c in longest_first(configs)]
+    assert order[:3] == [("vab", "badnets"), ("vab", "blend"), ("F+AT+SST+S", "badnets")]
+    assert order[-2:] == [("none", "badnets"), ("none", "blend")]
 
 
 def test_every_axis_multiplies_the_grid_and_overrides_reach_every_cell():
@@ -209,7 +220,8 @@ def test_tracker_writes_nested_runs_into_a_sqlite_store(tmp_path):
     history = [{"epoch": 0, "stage": "victim", "credible_size": 90, "filter_recall": 0.9},
                {"epoch": 1, "stage": "mix", "ba": 0.5, "asr": 0.2, "loss": 1.0, "lr": 0.1},
                {"epoch": 2, "stage": "sst", "ba": 0.7, "asr": 0.1, "loss": 0.5, "lr": 0.01}]
-    row = {"trial_id": trial_id, "status": "ok", "ba": 0.7, "asr": 0.1, "wall_s": 3.0}
+    row = {"trial_id": trial_id, "status": "ok", "ba": 0.7, "asr": 0.1, "wall_s": 3.0,
+           "best_ba": 0.7, "precision": "fp32"}
     uri = default_tracking_uri(tmp_path)
     for invocation in range(2):  # the second replaces the first run of the same trial
         tracker = SweepTracker(uri, "unit", artifact_root=tmp_path / "mlartifacts")
@@ -226,6 +238,53 @@ def test_tracker_writes_nested_runs_into_a_sqlite_store(tmp_path):
     assert [m.value for m in client.get_metric_history(run_id, "ba")] == [0.5, 0.7]
     assert client.get_metric_history(run_id, "credible_size")[0].step == 0
     assert {f.path for f in client.list_artifacts(run_id)} == {"figures", "row.json"}
+
+
+def test_tracker_follows_mlflow_conventions(tmp_path):
+    """Readable run names, source/user/commit tags, params with the values used, the row's
+    figures as one summary/ group, and the grid on the parent run."""
+    from mlflow import MlflowClient
+
+    from vb_sweep.tracking import git_commit
+
+    config = build_grid(GridOptions(attacks=["badnets"], defenses=["F+AT+SST+S"]))[0]
+    row = {"trial_id": trial_id_for(config), "status": "ok", "ba": 0.7, "asr": 0.1,
+           "best_ba": 0.72, "best_epoch": 3, "precision": "fp32", "epochs": 4}
+    tracker = SweepTracker(default_tracking_uri(tmp_path), "conventions",
+                           artifact_root=tmp_path / "mlartifacts")
+    tracker.start_invocation("ablation", {"preset": "smoke"}, resume=False)
+    run = tracker.client.get_run(tracker.log_trial(config.to_dict(), row, [], {}))
+    assert config.poison_rate is None and run.data.params["poison_rate"] == "0.1"
+    assert run.info.run_name == "badnets/F+AT+SST+S/s0"
+    assert run.data.params["precision"] == "fp32" and run.data.params["amp"] == "True"
+    assert run.data.metrics["summary/ba"] == 0.7 and run.data.metrics["summary/best_epoch"] == 3
+    assert not [key for key in run.data.metrics if key.startswith("final_")]
+    for tags in (run.data.tags, tracker.client.get_run(tracker.parent_run_id).data.tags):
+        assert tags["mlflow.user"] and tags["mlflow.source.name"]
+        assert tags.get("mlflow.source.git.commit") == git_commit()
+    grid_file = tmp_path / "grid.md"
+    grid_file.write_text("| variant | BA |\n")
+    tracker.log_grid([grid_file], [{"attack": "badnets", "defense": "none", "ba": 0.9,
+                                    "asr": 0.95},
+                                   {"attack": "badnets", "defense": "F+AT", "ba": 0.8,
+                                    "asr": 0.05, "der": 0.9}])
+    parent = MlflowClient(default_tracking_uri(tmp_path)).get_run(tracker.parent_run_id)
+    assert parent.data.metrics["grid/badnets/F_AT/der"] == 0.9
+    assert parent.data.metrics["grid/badnets/none/asr"] == 0.95
+    assert "grid.md" in {f.path for f in tracker.client.list_artifacts(tracker.parent_run_id)}
+
+
+def test_an_sqlite_store_takes_one_sweep_at_a_time(tmp_path):
+    from vb_sweep.tracking import lock_sqlite_store
+
+    uri = default_tracking_uri(tmp_path / "shared")
+    assert lock_sqlite_store(uri, hold=False) is None  # nothing created by a check
+    assert not (tmp_path / "shared").exists()
+    held = lock_sqlite_store(uri)
+    with pytest.raises(ConfigError, match="no other sweep is writing"):
+        lock_sqlite_store(uri, hold=False)
+    held.close()
+    lock_sqlite_store(uri).close()
 
 
 def test_epochs_reach_mlflow_while_the_trial_runs_and_each_once(tmp_path):
@@ -266,6 +325,7 @@ def test_interrupted_study_trials_are_failed_and_requeued(tmp_path):
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     study, _ = open_study(url, "s")
+    assert study.metric_names == ["ba", "asr"]  # the objectives' names, not 0 and 1
     space = {"t_f": optuna.distributions.FloatDistribution(0.1, 0.5)}
     done = study.ask(space)
     study.tell(done, [0.9, 0.1])

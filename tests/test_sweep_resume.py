@@ -14,6 +14,9 @@ from mlflow import MlflowClient
 pytestmark = pytest.mark.slow
 
 SMOKE_CELLS = 12  # badnets, blend x the 6 variants x seed 0
+WHOLE_GRID = ("--attacks", "badnets", "blend",
+              "--defenses", "none", "F", "F+AT", "F+AT+SST", "F+AT+SST+S", "vab")
+SIX_VARIANTS = WHOLE_GRID[3:]
 
 
 def runs_by_role(client: MlflowClient, sweep: str) -> dict[str, list]:
@@ -39,7 +42,7 @@ def check_whole_grid(out, client: MlflowClient, sweep: str) -> None:
 
 def test_smoke_grid_on_a_two_node_cluster(ray_cluster, sweep_script, tiny, tmp_path):
     out = tmp_path / "out"
-    result = sweep_script("ablation.py", *tiny, "--address", ray_cluster.address,
+    result = sweep_script("ablation.py", *tiny, *WHOLE_GRID, "--address", ray_cluster.address,
                           "--out", str(out), env=ray_cluster.env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     check_whole_grid(out, MlflowClient(f"sqlite:///{out / 'mlflow.db'}"), "ablation-smoke")
@@ -48,7 +51,7 @@ def test_smoke_grid_on_a_two_node_cluster(ray_cluster, sweep_script, tiny, tmp_p
 def test_smoke_grid_through_an_mlflow_server(ray_cluster, mlflow_server, sweep_script, tiny,
                                              tmp_path):
     out = tmp_path / "out"
-    result = sweep_script("ablation.py", *tiny, "--sweep", "server-grid", "--address",
+    result = sweep_script("ablation.py", *tiny, *WHOLE_GRID, "--sweep", "server-grid", "--address",
                           ray_cluster.address, "--mlflow-uri", mlflow_server, "--out", str(out),
                           env=ray_cluster.env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -66,7 +69,7 @@ def interrupted_trial_has_checkpoint(out) -> bool:
 def test_killed_driver_resumes_and_reuses_finished_trials(ray_cluster, background_script,
                                                           sweep_script, tmp_path):
     out = tmp_path / "out"
-    options = ("--preset", "smoke", "--epochs", "4", "--attacks", "badnets",
+    options = ("--preset", "smoke", "--epochs", "4", "--attacks", "badnets", *SIX_VARIANTS,
                "--set", "train_per_class=40", "test_per_class=20", "warm_up=2",
                "--address", ray_cluster.address, "--out", str(out))
     driver = background_script("ablation.py", *options, env=ray_cluster.env,

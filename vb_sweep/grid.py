@@ -25,14 +25,26 @@ MANIFEST = "sweep.json"
 GRID_MARKDOWN = "grid.md"
 GRID_CSV = "grid.csv"
 
-# Attacks of an ablation when --attacks is not given; None: every registered attack. The smoke
-# grid is the first run on a new machine: BadNets' six variants take 8.4 minutes on a 2-core
-# AVX2 CPU in float32 (Blend's six more would double that); `--attacks badnets blend` adds it.
+# Attacks and defense variants of an ablation when --attacks / --defenses are not given; None:
+# all of them. The smoke grid is the first run on a new machine, so it is the least that shows
+# what the defense does: BadNets with no defense, filtering alone (the backdoor is gone) and V&B
+# (BA within a few points of no defense). Its six variants take 8.4 minutes on a 2-core AVX2 CPU
+# in float32; `--defenses none F F+AT F+AT+SST F+AT+SST+S vab` runs them, `--attacks badnets
+# blend` adds an attack.
 PRESET_ATTACKS: dict[str, tuple[str, ...] | None] = {
     "smoke": ("badnets",),
     "cpu": ("badnets", "blend"),
     "paper": None,
 }
+PRESET_DEFENSES: dict[str, tuple[str, ...] | None] = {
+    "smoke": ("none", "F", "vab"),
+    "cpu": None,
+    "paper": None,
+}
+# Trials start in this order of their variant, the longest first, so that a short one, not a
+# long one, is what runs alone at the end of a grid (with the mix stage shared, the SST variants
+# take about 1.4x a plain trial at smoke scale).
+LONGEST_FIRST = ("vab", "F+AT+SST+S", "F+AT+SST", "F+AT", "F", "none")
 
 
 # -- options -> configurations --------------------------------------------------------------------
@@ -54,6 +66,16 @@ class GridOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(self.__dict__))
+
+
+def default_defenses(preset: str) -> list[str]:
+    names = PRESET_DEFENSES.get(preset)
+    return list(names) if names is not None else list(DEFENSES)
+
+
+def longest_first(configs: list[TrialConfig]) -> list[TrialConfig]:
+    """The configurations in the order to start them (stable within a variant)."""
+    return sorted(configs, key=lambda config: LONGEST_FIRST.index(config.defense))
 
 
 def default_attacks(preset: str) -> list[str]:
@@ -94,7 +116,7 @@ def build_grid(options: GridOptions) -> list[TrialConfig]:
     axes = itertools.product(
         options.datasets or [None], options.poison_rates or [None], options.t_f or [None],
         options.t_m or [None], options.seeds or [0], options.attacks or default_attacks(
-            options.preset), options.defenses or list(DEFENSES))
+            options.preset), options.defenses or default_defenses(options.preset))
     configs = []
     for dataset, rate, t_f, t_m, seed, attack, defense in axes:
         cell = dict(dataset=dataset, poison_rate=rate, t_f=t_f, t_m=t_m, seed=seed,
@@ -167,6 +189,24 @@ class Grid:
         if self.missing:
             parts.append("Missing cells:\n" + "\n".join(f"- {line}" for line in self.missing))
         return "\n\n".join(parts) + "\n"
+
+    def cells(self) -> list[dict]:
+        """One dict per (table, attack, variant) with its BA, ASR and, against the table's
+        no-defense cell, its DER (fractions; NaN where a cell is missing)."""
+        from vb_sweep.results import der
+
+        cells = []
+        for table in self.tables:
+            for attack in table.attacks:
+                for defense, values in table.frame.iterrows():
+                    cell = {**table.axes, "attack": attack, "defense": defense,
+                            "ba": values[(attack, "BA")], "asr": values[(attack, "ASR")]}
+                    if defense != "none" and "none" in table.frame.index:
+                        none = table.frame.loc["none"]
+                        cell["der"] = float(der(none[(attack, "BA")], none[(attack, "ASR")],
+                                                cell["ba"], cell["asr"]))
+                    cells.append(cell)
+        return cells
 
     def csv_frame(self) -> pd.DataFrame:
         frames = []
@@ -255,5 +295,5 @@ def render_table(table: GridTable) -> str:
 def write_grid_files(out: Path, grid: Grid) -> tuple[Path, Path]:
     markdown, csv = Path(out) / GRID_MARKDOWN, Path(out) / GRID_CSV
     markdown.write_text(grid.markdown())
-    grid.csv_frame().to_csv(csv, index=False)
+    grid.csv_frame().round(4).to_csv(csv, index=False)  # float32 noise is not a figure
     return markdown, csv

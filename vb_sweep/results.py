@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -42,7 +44,7 @@ TRIAL_SCHEMA = pa.schema([
     ("mlflow_run_id", pa.string()), ("device", pa.string()),
     ("precision", pa.string()),  # bf16 (autocast) or fp32
     ("code_version", pa.string()),
-    ("finished_at", pa.string()),
+    ("finished_at", pa.timestamp("s", tz="UTC")),
 ])
 
 HISTORY_SCHEMA = pa.schema([
@@ -68,7 +70,17 @@ def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     if unknown:
         raise KeyError(f"columns not in the schema: {sorted(unknown)}")
     columns = {name: [row.get(name) for row in rows] for name in schema.names}
+    for field in schema:
+        if pa.types.is_timestamp(field.type):  # rows carry ISO 8601 text (they travel as JSON)
+            columns[field.name] = [as_datetime(value) for value in columns[field.name]]
     return pa.table(columns, schema=schema)
+
+
+def as_datetime(value):
+    if isinstance(value, str):
+        stamp = datetime.fromisoformat(value)
+        return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
+    return value
 
 
 def write_parquet_atomically(rows: list[dict], schema: pa.Schema, path: Path) -> Path:
@@ -96,7 +108,10 @@ def write_trial(out_dir: Path, row: dict, history: list[dict]) -> Path:
 def read_trials(out_dir: Path) -> pd.DataFrame:
     """Every trial row under ``out_dir``; a file that cannot be read as a trials table (corrupt,
     or of another schema) is skipped with a one-line warning, the rest are read."""
-    return read_table_folder(Path(out_dir) / TRIALS_DIR, TRIAL_SCHEMA, ("trial_id", "status"))
+    trials = read_table_folder(Path(out_dir) / TRIALS_DIR, TRIAL_SCHEMA, ("trial_id", "status"))
+    # Rows written before finished_at was a timestamp hold it as text.
+    trials["finished_at"] = pd.to_datetime(trials.get("finished_at"), utc=True, format="ISO8601")
+    return trials
 
 
 def read_table_folder(folder: Path, schema: pa.Schema, required: tuple[str, ...]) -> pd.DataFrame:
@@ -119,6 +134,13 @@ def read_table_folder(folder: Path, schema: pa.Schema, required: tuple[str, ...]
 
 def skip_file(path: Path, reason: str) -> None:
     print(f"warning: skipped {path}: {reason}", file=sys.stderr, flush=True)
+
+
+def der(ba_none, asr_none, ba_def, asr_def):
+    """Defense effectiveness rate (METHOD.md section 6); fractions in, a fraction out."""
+    asr_drop = np.maximum(0.0, np.asarray(asr_none) - np.asarray(asr_def))
+    ba_drop = np.maximum(0.0, np.asarray(ba_none) - np.asarray(ba_def))
+    return (asr_drop - ba_drop + 1.0) / 2.0
 
 
 # Which epoch's BA and ASR a table shows: "last" (what the trial ended with, the honest figure)

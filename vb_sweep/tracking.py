@@ -2,6 +2,13 @@
 nested run per trial (its whole configuration as params, per-epoch metrics, its figures and its
 result row as artifacts).
 
+By MLflow's conventions: runs carry the source, git commit and user tags the MLflow UI shows
+("Source", "Created by"); a trial's run is named ``attack/variant/sSEED`` and its params hold
+the values the trial really used (the attack's default poisoning rate resolved, the precision it
+computed in); the row's figures are logged once under ``summary/`` (one collapsible group in the
+chart view, beside the per-epoch series); the parent run holds the grid (grid.md, grid.csv) and a
+``grid/ATTACK/VARIANT/{ba,asr,der}`` metric per cell.
+
 One process logs: the sweep's driver. It opens a trial's run at the trial's first report and logs
 each epoch as Tune hands it over, so a running sweep can be watched in the MLflow UI; the row,
 the figures and any epoch it missed (those before a resume) follow when the trial ends. So the
@@ -12,8 +19,13 @@ Browse the default store with ``mlflow ui --backend-store-uri sqlite:///OUT/mlfl
 
 from __future__ import annotations
 
+import getpass
+import logging
 import math
 import os
+import re
+import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -29,10 +41,11 @@ from vb_sweep.errors import ConfigError
 EPOCH_METRICS = ("ba", "asr", "ra", "clean_target_rate", "loss", "lr", "credible_size", "suspicious_size",
                  "filter_precision", "filter_recall", "filter_auroc", "seconds", "images_per_s")
 # Row columns logged once as metrics of the trial's run.
-ROW_METRICS = ("ba", "asr", "ra", "clean_target_rate", "filter_precision", "filter_recall",
-               "filter_auroc", "first_filter_precision", "first_filter_recall", "credible_size",
-               "suspicious_size", "num_train", "num_poisoned", "poison_s", "victim_s",
-               "beneficiary_s", "train_images_per_s", "wall_s")
+ROW_METRICS = ("ba", "asr", "ra", "best_ba", "best_ba_asr", "best_epoch", "clean_target_rate",
+               "filter_precision", "filter_recall", "filter_auroc", "first_filter_precision",
+               "first_filter_recall", "credible_size", "suspicious_size", "num_train",
+               "num_poisoned", "poison_s", "victim_s", "beneficiary_s", "train_images_per_s",
+               "wall_s")
 BATCH_METRICS = 1000   # mlflow.utils.validation.MAX_METRICS_PER_BATCH
 BATCH_PARAMS = 100     # mlflow.utils.validation.MAX_PARAMS_TAGS_PER_BATCH
 PARAM_LENGTH = 6000    # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
@@ -42,6 +55,59 @@ TRIAL_TAG = "trial_id"
 HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 ROLE_TAG = "vb_sweep.role"
+SUMMARY_PREFIX = "summary/"  # the row's figures: one group in MLflow's chart view
+
+
+def source_tags() -> dict[str, str]:
+    """The tags MLflow's fluent API sets and its UI shows: source, git commit, user."""
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": Path(sys.argv[0]).name or "python",
+            "mlflow.user": _user()}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name in some containers
+        return "unknown"
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout this package runs from, if it is one."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def run_name(config: dict, thresholds: bool = False) -> str:
+    """``badnets/F+AT+SST+S/s0``; with ``thresholds`` (a threshold search, where they differ
+    from trial to trial) `` t_f=0.12 t_m=0.3`` after it."""
+    name = f"{config['attack']}/{config['defense']}/s{config['seed']}"
+    if thresholds:
+        name += f" t_f={config['t_f']:.3g} t_m={config['t_m']:.3g}"
+    return name
+
+
+def resolved_params(config: dict) -> dict:
+    """The trial's configuration as params, with the values a default stands for: the
+    attack's own poisoning rate where ``poison_rate`` is None."""
+    from vb_sweep.attacks import ATTACKS
+
+    params = dict(config)
+    if params.get("poison_rate") is None and params.get("attack") in ATTACKS.names():
+        params["poison_rate"] = ATTACKS.get(params["attack"]).default_poison_rate
+    return params
+
+
+def metric_key(*parts: str) -> str:
+    """A metric name MLflow accepts ('+' is not among its characters)."""
+    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", "/".join(parts))
 
 
 def redact_url(url: str | None) -> str | None:
@@ -83,6 +149,34 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
     raise ConfigError("--mlflow-uri", uri, f"a reachable MLflow server ({reason})")
 
 
+def lock_sqlite_store(uri: str, hold: bool = True):
+    """The one-writer rule of an SQLite store: an exclusive lock on ``DB.lock`` beside it, held
+    by the returned open file until it is closed (or the process ends). A store that another
+    sweep is writing is a ``ConfigError``. ``hold=False`` only checks, creating nothing; other
+    URIs need no lock (None)."""
+    import fcntl
+
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri[len("sqlite:///"):])
+    lock = database.with_name(database.name + ".lock")
+    if not hold and not lock.exists():
+        return None
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigError("--mlflow-uri", uri, "an SQLite store no other sweep is writing now "
+                          "(for sweeps at the same time, start `mlflow server` on it and pass "
+                          "its http://HOST:PORT)") from None
+    if not hold:
+        handle.close()
+        return None
+    return handle
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -105,11 +199,14 @@ class SweepTracker:
 
         for name, value in HTTP_LIMITS.items():
             os.environ.setdefault(name, value)
+        # MLflow's INFO lines (creating the SQLite tables, ...) are not the sweep's progress.
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
         self.tracking_uri = tracking_uri
         self.sweep = sweep
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.experiment_id = self._experiment(artifact_root)
         self.parent_run_id: str | None = None
+        self.kind: str | None = None
 
     def _experiment(self, artifact_root: Path | None) -> str:
         experiment = self.client.get_experiment_by_name(self.sweep)
@@ -122,15 +219,30 @@ class SweepTracker:
 
     # -- the invocation ---------------------------------------------------------------------------
     def start_invocation(self, kind: str, options: dict, resume: bool) -> str:
+        self.kind = kind
         if resume:
             self._close_interrupted_invocations()
         run = self.client.create_run(
             self.experiment_id, run_name=f"{kind} {time.strftime('%Y-%m-%d %H:%M:%S')}",
             tags={ROLE_TAG: "invocation", "vb_sweep.kind": kind, "sweep": self.sweep,
-                  "resumed": str(resume)})
+                  "resumed": str(resume), **source_tags()})
         self.parent_run_id = run.info.run_id
         self._log_params(self.parent_run_id, options)
         return self.parent_run_id
+
+    def log_grid(self, files: list[Path], cells: list[dict]) -> None:
+        """The grid's files and one metric per cell and figure on the parent run; ``cells``:
+        dicts with attack, defense and any of ba, asr, der."""
+        from mlflow.entities import Metric
+
+        for path in files:
+            self.client.log_artifact(self.parent_run_id, str(path))
+        stamp = _now_ms()
+        metrics = [Metric(metric_key("grid", cell["attack"], cell["defense"], key),
+                          float(cell[key]), stamp, 0)
+                   for cell in cells for key in ("ba", "asr", "der") if _finite(cell.get(key))]
+        for batch in _batches(metrics, BATCH_METRICS):
+            self.client.log_batch(self.parent_run_id, metrics=batch)
 
     def finish_invocation(self, status: str = "FINISHED") -> None:
         if self.parent_run_id is not None:
@@ -150,11 +262,13 @@ class SweepTracker:
         replaces any earlier run of the same trial, so each trial has exactly one."""
         self._drop_earlier_runs(trial_id)
         run = self.client.create_run(
-            self.experiment_id, run_name=trial_id,
+            self.experiment_id,
+            run_name=run_name(config, thresholds=self.kind == "threshold_search"),
             tags={"mlflow.parentRunId": self.parent_run_id, ROLE_TAG: "trial",
                   TRIAL_TAG: trial_id, "sweep": self.sweep,
-                  "attack": config.get("attack"), "defense": config.get("defense")})
-        self._log_params(run.info.run_id, config)
+                  "attack": config.get("attack"), "defense": config.get("defense"),
+                  **source_tags()})
+        self._log_params(run.info.run_id, resolved_params(config))
         return run.info.run_id
 
     def log_epoch(self, run_id: str, record: dict) -> None:
@@ -168,6 +282,8 @@ class SweepTracker:
         not in ``logged_epochs``, the final metrics, the artifacts. Returns the run's id."""
         run_id = run_id or self.open_trial_run(config, row["trial_id"])
         self.client.set_tag(run_id, "status", row["status"])
+        if row.get("precision"):  # what the trial computed in (amp is only a request)
+            self._log_params(run_id, {"precision": row["precision"]})
         self._log_metrics(run_id, [r for r in history if int(r["epoch"]) not in logged_epochs],
                           row)
         if row.get("error"):
@@ -193,7 +309,7 @@ class SweepTracker:
             self.client.log_batch(run_id, params=batch)
 
     def _log_metrics(self, run_id: str, history: list[dict], row: dict | None) -> None:
-        """The history records' EPOCH_METRICS and, given the row, its ROW_METRICS as final_*."""
+        """The history records' EPOCH_METRICS and, given the row, its ROW_METRICS as summary/*."""
         from mlflow.entities import Metric
 
         stamp = _now_ms()
@@ -201,7 +317,7 @@ class SweepTracker:
                    for record in history for key in EPOCH_METRICS if _finite(record.get(key))]
         if row is not None:
             final_step = row.get("epochs") or max((int(r["epoch"]) for r in history), default=0)
-            metrics += [Metric(f"final_{key}", float(row[key]), stamp, int(final_step))
+            metrics += [Metric(SUMMARY_PREFIX + key, float(row[key]), stamp, int(final_step))
                         for key in ROW_METRICS if _finite(row.get(key))]
         for batch in _batches(metrics, BATCH_METRICS):
             self.client.log_batch(run_id, metrics=batch)

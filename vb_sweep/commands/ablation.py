@@ -33,7 +33,8 @@ from vb_sweep.commands.options import (OneLineErrorParser, add_sweep_options, da
 from vb_sweep.config import DEFENSES
 from vb_sweep.data.registry import DATASETS
 from vb_sweep.errors import ConfigError
-from vb_sweep.grid import GridOptions, build_grid, build_table_grid, write_grid_files
+from vb_sweep.grid import (GridOptions, build_grid, build_table_grid, longest_first,
+                           write_grid_files)
 from vb_sweep.results import REPORTED_EPOCHS, read_trials
 from vb_sweep.sweep import SweepSession, grid_param_space
 
@@ -49,7 +50,8 @@ def build_parser(prog: str = PROG) -> OneLineErrorParser:
                       help=f"{' '.join(ATTACKS.names())}; default: the preset's (smoke: "
                            "badnets; cpu: badnets blend; paper: all)")
     grid.add_argument("--defenses", nargs="+", default=None,
-                      help=f"{' '.join(DEFENSES)}; default: the preset's")
+                      help=f"{' '.join(DEFENSES)}; default: the preset's (smoke: none F vab; "
+                           "cpu, paper: all six)")
     grid.add_argument("--datasets", nargs="+", default=None,
                       help=f"{' '.join(DATASETS.names())}; default: the preset's")
     grid.add_argument("--poison-rates", nargs="+", type=float, default=None,
@@ -96,10 +98,12 @@ def run_and_report(session: SweepSession, configs, todo, epoch: str = "last") ->
 
     with session.invocation(len(todo)) as recorder:
         if todo:
-            session.run(grid_param_space([session.spec(config) for config in todo]), recorder)
+            specs = [session.spec(config) for config in longest_first(todo)]
+            session.run(grid_param_space(specs), recorder)
     grid = build_table_grid(configs, [trial_id_for(c) for c in configs], read_trials(session.out),
                             epoch)
     markdown, csv = write_grid_files(session.out, grid)
+    session.log_grid([markdown, csv], grid.cells())
     print("\n" + grid.markdown())
     for line in session.locations() + [f"grid:     {markdown} and {csv}"]:
         print(line)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 from vb_sweep.attacks import ATTACKS
@@ -122,6 +123,9 @@ def open_study(url: str, name: str):
     study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
                                 directions=["maximize" if mode == "max" else "minimize"
                                             for _, mode in OBJECTIVES])
+    with warnings.catch_warnings():  # experimental since Optuna 3.2, and what the UI shows
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([metric for metric, _ in OBJECTIVES])
     return study, storage
 
 
@@ -158,6 +162,9 @@ def searcher(storage, name: str, ranges: dict, seed: int, concurrency: int):
         """A trial that ends with a failed row is FAILED in the study, not left RUNNING."""
 
         def on_trial_complete(self, trial_id, result=None, error=False):
+            if result is not None and result.get("trial_id") and trial_id in self._ot_trials:
+                # Ties the study's trial to its row in OUT/trials (and so to its MLflow run).
+                self._ot_trials[trial_id].set_user_attr("trial_id", result["trial_id"])
             if result is not None and result.get("status") == "failed":
                 result, error = None, True
             super().on_trial_complete(trial_id, result=result, error=error)

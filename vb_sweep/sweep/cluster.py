@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from vb_sweep.config import TrialConfig
 from vb_sweep.errors import ConfigError, first_line
+from vb_sweep.sweep.reaper import start_reaper
 
 
 # -- resources ------------------------------------------------------------------------------------
@@ -104,6 +105,7 @@ def connect(address: str | None) -> dict:
     quiet = {"runtime_env": {"py_modules": [vb_sweep]}, "logging_level": logging.ERROR}
     if not address:
         ray.init(include_dashboard=False, **quiet)
+        start_reaper()  # a SIGKILLed driver leaves no Ray process behind
         return ray.cluster_resources()
     check_address(address)
     try:

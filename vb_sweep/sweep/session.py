@@ -27,7 +27,8 @@ from vb_sweep.results import read_trials
 from vb_sweep.sweep.cluster import Resources, connect, plan_resources, prepare_artifacts
 from vb_sweep.sweep.recorder import TrialRecorder, tune_callback
 from vb_sweep.sweep.worker import base_spec, sweep_trial, trial_name
-from vb_sweep.tracking import SweepTracker, check_tracking_uri, default_tracking_uri, redact_url
+from vb_sweep.tracking import (SweepTracker, check_tracking_uri, default_tracking_uri,
+                               lock_sqlite_store, redact_url)
 
 
 # -- running the trials ---------------------------------------------------------------------------
@@ -187,6 +188,7 @@ class SweepSession:
                              if options.cache_dir else self.out / "cache")
         self.resources: Resources | None = None
         self.tracker = None
+        self.store_lock = None
 
     def check(self, configs: list[TrialConfig] = ()) -> "SweepSession":
         """Everything that can be checked before work starts, then the cluster: the options,
@@ -202,6 +204,7 @@ class SweepSession:
             check_folder("--storage-path", self.storage)
         check_output_folder(self.out, self.manifest, self.options.resume)
         check_tracking_uri(self.tracking_uri)
+        lock_sqlite_store(self.tracking_uri, hold=False)
         if not self.options.address:
             check_local_machine(self.options, configs)
         cluster = connect(self.options.address)
@@ -231,6 +234,7 @@ class SweepSession:
         return prepare_artifacts(configs, self.cache_dir, self.resources, victims)
 
     def start(self) -> None:
+        self.store_lock = lock_sqlite_store(self.tracking_uri)  # released when the driver ends
         write_manifest(self.out, self.manifest)
         local_store = not self.tracking_uri.startswith(("http://", "https://"))
         self.tracker = SweepTracker(self.tracking_uri, self.options.sweep,
@@ -248,6 +252,16 @@ class SweepSession:
         settings = TuneSettings(self.storage, self.resources, self.options.max_failures,
                                 self.options.verbose)
         return run_tune(settings, param_space, recorder, **tune_options)
+
+    def log_grid(self, files: list[Path], cells: list[dict]) -> None:
+        """The grid on the invocation's MLflow run (after ``close``: the run stays FINISHED);
+        an outage costs a warning, never the grid files."""
+        if self.tracker is None:
+            return
+        try:
+            self.tracker.log_grid(files, cells)
+        except Exception as err:  # noqa: BLE001 - the files are written; MLflow is a copy
+            print(f"warning: could not log the grid to MLflow: {first_line(err)}", flush=True)
 
     def close(self, status: str) -> None:
         import ray

@@ -165,7 +165,8 @@ def run_with_recovery(spec: dict, state: dict | None, reporter: EpochReporter):
 
 
 def final_metrics(row: dict) -> dict:
-    metrics = {"stage": "final", "status": row["status"], "epoch": row.get("epochs")}
+    metrics = {"stage": "final", "status": row["status"], "epoch": row.get("epochs"),
+               "trial_id": row.get("trial_id")}
     for key in ("ba", "asr", "ra", "filter_precision", "filter_recall", "wall_s"):
         if isinstance(row.get(key), (int, float)):
             metrics[key] = row[key]

@@ -103,6 +103,7 @@ def connect(address: str | None) -> dict:
     import vb_sweep
 
     quiet = {"runtime_env": {"py_modules": [vb_sweep]}, "logging_level": logging.ERROR}
+    plain_text_unless_terminal()
     if not address:
         ray.init(include_dashboard=False, **quiet)
         start_reaper()  # a SIGKILLed driver leaves no Ray process behind
@@ -119,6 +120,13 @@ def connect(address: str | None) -> dict:
                           "and RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)") from None
     sys.stderr.write(held.read())
     return ray.cluster_resources()
+
+
+def plain_text_unless_terminal() -> None:
+    """Ray colours the prefix of every line a worker prints; in a log file or a pipe the
+    colour codes are noise, so they are left out there (RAY_COLOR_PREFIX=0)."""
+    if not sys.stdout.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
 
 
 @contextmanager

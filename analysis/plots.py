@@ -40,6 +40,7 @@ PARETO_FILE = "pareto.parquet"
 DPI = 150
 VARIANT_COLORS = dict(zip(DEFENSES, ("#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd",
                                      "#d62728")))
+STAGE_COLORS = {"plain": "#7f7f7f", "filtered": "#1f77b4", "mix": "#ff7f0e", "sst": "#2ca02c"}
 Note = Callable[[str], None]
 
 
@@ -147,22 +148,66 @@ def filter_quality_figure(history: pd.DataFrame, trial_id: str,
     labels = [split_label(r) for _, r in splits.iterrows()]
     fig, axes = new_figure(8, 6, rows=2, sharex=True)
     quality, sizes = axes[0, 0], axes[1, 0]
-    for column, label in (("filter_precision", "precision"), ("filter_recall", "recall"),
-                          ("filter_auroc", "AUROC")):
-        if splits[column].notna().any():
-            quality.plot(x, splits[column].astype(float), marker="o", label=label)
+    # Distinct markers and dashes: precision, recall and AUROC are often all 1.00, and plain
+    # lines would then draw as one.
+    styles = {"filter_precision": ("precision", "o", "-", 8),
+              "filter_recall": ("recall", "s", "--", 5), "filter_auroc": ("AUROC", "^", ":", 3)}
+    for column, (label, marker, dashes, size) in styles.items():
+        values = splits[column].astype(float)
+        if values.notna().any():
+            last = values.dropna().iloc[-1]
+            quality.plot(x, values, marker=marker, linestyle=dashes, markersize=size,
+                         markerfacecolor="none" if size > 3 else None,
+                         label=f"{label} (last {last:.2f})")
     quality.set_ylim(-0.02, 1.02)
     quality.set_ylabel("fraction")
     quality.set_title(f"Filter quality over the splits: {trial_title(trial, trial_id)}")
-    quality.legend()
-    for column, label in (("credible_size", "credible set Dc"),
-                          ("suspicious_size", "suspicious set Ds"),
-                          ("poisoned_in_suspicious", "poisoned in Ds")):
+    quality.legend(loc="lower right")
+    # Ds and the poisoned images in it coincide when the filter is perfect: kept apart the same way.
+    styles = {"credible_size": ("credible set Dc", "o", "-", 6),
+              "suspicious_size": ("suspicious set Ds", "o", "-", 8),
+              "poisoned_in_suspicious": ("poisoned in Ds", "s", "--", 4)}
+    for column, (label, marker, dashes, size) in styles.items():
         if splits[column].notna().any():
-            sizes.plot(x, splits[column].astype(float), marker="o", label=label)
+            sizes.plot(x, splits[column].astype(float), marker=marker, linestyle=dashes,
+                       markersize=size, markerfacecolor="none" if size == 8 else None,
+                       label=label)
     sizes.set_ylabel("samples")
     sizes.legend()
     _split_axis(sizes, labels)
+    return fig
+
+
+def training_curves_figure(history: pd.DataFrame, trial_id: str,
+                           trial: pd.Series | None = None) -> Figure | None:
+    """BA, ASR and RA of the Beneficiary after every epoch, each stage shaded, with the epoch of
+    the best BA marked (the paper's figure) beside the last one (the row's)."""
+    rows = history[(history["trial_id"].astype(object) == trial_id) & history["ba"].notna()]
+    rows = rows.sort_values("epoch")
+    if rows.empty:
+        return None
+    fig, axes = new_figure(8, 4.5)
+    ax = axes[0, 0]
+    epochs = rows["epoch"].astype(int).to_numpy()
+    for column, label, color in (("ba", "BA", "#1f77b4"), ("asr", "ASR", "#d62728"),
+                                 ("ra", "RA", "#2ca02c")):
+        if column in rows and rows[column].notna().any():
+            ax.plot(epochs, 100 * rows[column].astype(float), marker=".", label=label, color=color)
+    for stage, span in rows.groupby("stage", sort=False)["epoch"]:
+        ax.axvspan(span.min() - 0.5, span.max() + 0.5, alpha=0.08,
+                   color=STAGE_COLORS.get(stage, "#999999"))
+        ax.text((span.min() + span.max()) / 2, 101, stage, ha="center", fontsize=7)
+    best = rows.loc[rows["ba"].astype(float).idxmax()]
+    ax.axvline(best["epoch"], color="#555555", linestyle="--", linewidth=0.8)
+    ax.annotate(f"best BA {100 * best['ba']:.1f} (ASR {100 * best['asr']:.1f}), epoch "
+                f"{int(best['epoch'])}", (best["epoch"], 50), fontsize=7, rotation=90,
+                ha="right", va="center")
+    ax.set_xlabel("Beneficiary epoch")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 108)
+    ax.set_title(f"BA, ASR and RA per epoch: {trial_title(trial, trial_id)}")
+    ax.legend(loc="center right", fontsize=8)
+    ax.grid(alpha=0.3)
     return fig
 
 
@@ -272,11 +317,14 @@ def variant_bars_figure(section_grid: pd.DataFrame, title: str = "") -> Figure |
             x = np.arange(len(attacks)) + (i - (len(variants) - 1) / 2) * width
             means = [100 * by_attack[f"{metric}_mean"].get(a, np.nan) for a in attacks]
             stds = [100 * by_attack[f"{metric}_std"].get(a, np.nan) for a in attacks]
-            ax.bar(x, means, width, yerr=np.nan_to_num(stds), capsize=2, label=variant,
-                   color=VARIANT_COLORS.get(variant))
+            bars = ax.bar(x, means, width, yerr=np.nan_to_num(stds), capsize=2, label=variant,
+                          color=VARIANT_COLORS.get(variant))
+            # The value over each bar: a 0% ASR has no bar to see.
+            ax.bar_label(bars, labels=["" if np.isnan(m) else f"{m:.0f}" for m in means],
+                         fontsize=6, padding=1)
             _mark_empty_cells(ax, x, by_attack, attacks)
         ax.set_ylabel(label)
-        ax.set_ylim(0, 105)
+        ax.set_ylim(0, 112)
         ax.grid(axis="y", alpha=0.3)
     axes[1, 0].set_xticks(range(len(attacks)), attacks)
     axes[1, 0].set_xlabel("attack")
@@ -339,7 +387,8 @@ def render_trial_figures(trials: pd.DataFrame, history: pd.DataFrame, out_dir: P
     written = []
     for suffix, shown_id, trial in shown:
         figures = {"entropy_histogram": entropy_histogram_figure(history, shown_id, split, trial),
-                   "filter_quality": filter_quality_figure(history, shown_id, trial)}
+                   "filter_quality": filter_quality_figure(history, shown_id, trial),
+                   "training_curves": training_curves_figure(history, shown_id, trial)}
         for kind, fig in figures.items():
             if fig is None:
                 note(f"skipped {kind}_{suffix}: trial {shown_id} has no such history rows")

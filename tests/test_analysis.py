@@ -334,7 +334,8 @@ def rendered(paths: list[Path]) -> set[str]:
 def test_every_ablation_figure_renders(results, tmp_path, capsys):
     names = rendered(plots.render_all(results, tmp_path))
     expected = {"variant_bars"} | {f"{kind}_{attack}" for kind in
-                                   ("entropy_histogram", "filter_quality") for attack in ATTACKS}
+                                   ("entropy_histogram", "filter_quality", "training_curves")
+                                   for attack in ATTACKS}
     assert names == {f"{stem}.{ext}" for stem in expected for ext in ("png", "svg")}
     notes = capsys.readouterr().out
     assert "skipped thresholds" in notes and "skipped pareto_front" in notes
@@ -417,3 +418,25 @@ def test_best_epoch_of_rows_without_it_is_a_one_line_error(results, capsys):
     assert ablation_table.main([str(results), "--epoch", "best"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "best-epoch" in err
+
+
+def test_training_curves_mark_the_best_ba_epoch_and_the_stages():
+    history = pd.DataFrame({"trial_id": ["t"] * 4, "epoch": [1, 2, 3, 4],
+                            "stage": ["mix", "mix", "sst", "sst"],
+                            "ba": [0.5, 0.8, 0.7, 0.75], "asr": [0.9, 0.2, 0.05, 0.0],
+                            "ra": [0.1, 0.6, 0.7, 0.7]})
+    fig = plots.training_curves_figure(history, "t")
+    texts = [text.get_text() for text in fig.axes[0].texts]
+    assert "best BA 80.0 (ASR 20.0), epoch 2" in texts and {"mix", "sst"} <= set(texts)
+    assert [line.get_label() for line in fig.axes[0].lines[:3]] == ["BA", "ASR", "RA"]
+    assert plots.training_curves_figure(history, "other") is None
+
+
+def test_variant_bars_label_every_bar_even_a_zero_one():
+    section = pd.DataFrame({"attack": ["badnets"] * 2, "defense": ["none", "vab"], "n": [1, 1],
+                            "ba_mean": [0.95, 0.9], "ba_std": [0.0, 0.0],
+                            "asr_mean": [0.97, 0.0], "asr_std": [0.0, 0.0], "failed": [0, 0]})
+    fig = plots.variant_bars_figure(section)
+    ba_axis, asr_axis = fig.axes[:2]
+    assert [text.get_text() for text in ba_axis.texts] == ["95", "90"]
+    assert [text.get_text() for text in asr_axis.texts] == ["97", "0"]  # the 0% bar is labelled

@@ -249,7 +249,10 @@ def test_tracker_follows_mlflow_conventions(tmp_path):
 
     config = build_grid(GridOptions(attacks=["badnets"], defenses=["F+AT+SST+S"]))[0]
     row = {"trial_id": trial_id_for(config), "status": "ok", "ba": 0.7, "asr": 0.1,
-           "best_ba": 0.72, "best_epoch": 3, "precision": "fp32", "epochs": 4}
+           "best_ba": 0.72, "best_epoch": 3, "precision": "fp32", "epochs": 4,
+           "dataset": "synthetic", "attack": "badnets", "num_poisoned": 500, "num_train": 5000,
+           "train_fingerprint": "poison-0123456789abcdef01234567",
+           "test_fingerprint": "fedcba9876543210fedc"}
     tracker = SweepTracker(default_tracking_uri(tmp_path), "conventions",
                            artifact_root=tmp_path / "mlartifacts")
     tracker.start_invocation("ablation", {"preset": "smoke"}, resume=False)
@@ -259,6 +262,10 @@ def test_tracker_follows_mlflow_conventions(tmp_path):
     assert run.data.params["precision"] == "fp32" and run.data.params["amp"] == "True"
     assert run.data.metrics["summary/ba"] == 0.7 and run.data.metrics["summary/best_epoch"] == 3
     assert not [key for key in run.data.metrics if key.startswith("final_")]
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert inputs["training"].name == "synthetic poisoned by badnets (500 of 5000)"
+    assert inputs["training"].digest == "456789abcdef01234567"
+    assert inputs["evaluation"].digest == "fedcba9876543210fedc"
     for tags in (run.data.tags, tracker.client.get_run(tracker.parent_run_id).data.tags):
         assert tags["mlflow.user"] and tags["mlflow.source.name"]
         assert tags.get("mlflow.source.git.commit") == git_commit()

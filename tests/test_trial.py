@@ -46,6 +46,10 @@ def test_trial_writes_row_and_history_with_filter_quality(tmp_path):
     trials, history = read_trials(tmp_path), read_history(tmp_path)
     assert len(trials) == 1 and trials.loc[0, "status"] == "ok"
     assert trials.loc[0, "num_poisoned"] == round(0.1 * 120)
+    finished = trials["finished_at"]  # a timestamp, not text
+    assert pd.api.types.is_datetime64_any_dtype(finished) and str(finished.dt.tz) == "UTC"
+    assert trials.loc[0, "train_fingerprint"].startswith("poison-")
+    assert len(trials.loc[0, "test_fingerprint"]) == 20
     assert list(history["epoch"]) == [0, 1, 2, 3, 4]
     assert list(history["stage"]) == ["victim", "mix", "mix", "sst", "sst"]
     split = history.iloc[0]

@@ -45,6 +45,8 @@ TRIAL_SCHEMA = pa.schema([
     ("precision", pa.string()),  # bf16 (autocast) or fp32
     ("code_version", pa.string()),
     ("finished_at", pa.timestamp("s", tz="UTC")),
+    # Digests of the poisoned training set and the clean test set (equal digests, same images).
+    ("train_fingerprint", pa.string()), ("test_fingerprint", pa.string()),
 ])
 
 HISTORY_SCHEMA = pa.schema([

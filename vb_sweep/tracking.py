@@ -20,6 +20,7 @@ Browse the default store with ``mlflow ui --backend-store-uri sqlite:///OUT/mlfl
 from __future__ import annotations
 
 import getpass
+import json
 import logging
 import math
 import os
@@ -288,10 +289,29 @@ class SweepTracker:
                           row)
         if row.get("error"):
             self.client.log_text(run_id, row["error"], "error.txt")
+        self._log_datasets(run_id, row)
         self._log_figures(run_id, figures)
         self.client.log_dict(run_id, {**row, "mlflow_run_id": run_id}, "row.json")
         self.client.set_terminated(run_id, "FINISHED" if row["status"] == "ok" else "FAILED")
         return run_id
+
+    def _log_datasets(self, run_id: str, row: dict) -> None:
+        """The poisoned training set and the clean test set as the run's dataset inputs (the
+        MLflow UI's "Datasets used"), named by what they are, with their fingerprints."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        inputs = []
+        for context, name, digest in (
+                ("training", f"{row.get('dataset')} poisoned by {row.get('attack')} "
+                             f"({row.get('num_poisoned')} of {row.get('num_train')})",
+                 row.get("train_fingerprint")),
+                ("evaluation", f"{row.get('dataset')} test", row.get("test_fingerprint"))):
+            if digest:
+                source = json.dumps({"dataset": row.get("dataset"), "fingerprint": digest})
+                inputs.append(DatasetInput(Dataset(name, digest[-20:], "vb-sweep", source),
+                                           tags=[InputTag("mlflow.data.context", context)]))
+        if inputs:
+            self.client.log_inputs(run_id, datasets=inputs)
 
     def _drop_earlier_runs(self, trial_id: str) -> None:
         """A driver killed between logging a trial and writing its row leaves a run behind; the

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Callable
 
 import vb_sweep
-from vb_sweep.artifacts import (PreparedPoison, load_trial_data, prepare_mix_stage,
-                                prepare_poisoned_set, prepare_victim, shares_mix_stage,
-                                train_beneficiary)
-from vb_sweep.cache import ArtifactCache
+from vb_sweep.artifacts import (PreparedPoison, load_trial_data, poison_cache_parts,
+                                prepare_mix_stage, prepare_poisoned_set, prepare_victim,
+                                shares_mix_stage, train_beneficiary)
+from vb_sweep.cache import ArtifactCache, cache_key
 from vb_sweep.config import TrialConfig
 from vb_sweep.data import DatasetSplits
 from vb_sweep.device import precision_name, resolve_device
@@ -88,8 +88,17 @@ def run_trial(config: TrialConfig, *, cache: ArtifactCache | None = None, sweep:
                "wall_s": time.perf_counter() - started,
                "poison_cached": poison_cached, "victim_cached": victim_cached,
                "mix_stage_cached": mix_stage_cached}
-    row = trial_row(config, sweep, trial_id, history, poison, timings, device)
+    row = {**trial_row(config, sweep, trial_id, history, poison, timings, device),
+           **data_fingerprints(config, data)}
     return TrialResult(row, history, trial_figures(history, poison, data))
+
+
+def data_fingerprints(config: TrialConfig, data: DatasetSplits) -> dict:
+    """What the trial trained and was tested on, as digests: the poisoned training set's cache
+    key (the clean data's fingerprint and the attack's settings) and the clean test set's
+    fingerprint. Two rows with the same digests saw the same images."""
+    return {"train_fingerprint": cache_key("poison", poison_cache_parts(config, data)),
+            "test_fingerprint": data.test.fingerprint()}
 
 
 def trial_row(config: TrialConfig, sweep: str, trial_id: str, history: list[dict],

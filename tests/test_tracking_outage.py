@@ -64,7 +64,7 @@ def test_a_dead_tracking_server_warns_once_and_loses_no_row(tmp_path, capsys, mo
         assert rows["mlflow_run_id"].notna().all()
         for run_id in rows["mlflow_run_id"]:
             run = tracker.client.get_run(run_id)
-            assert run.info.status == "FINISHED" and run.data.metrics["final_ba"] == 0.9
+            assert run.info.status == "FINISHED" and run.data.metrics["summary/ba"] == 0.9
             artifacts = [a.path for a in tracker.client.list_artifacts(run_id, "figures")]
             assert artifacts == ["figures/variant.png"]
         assert not list((tmp_path / "out" / "mlflow-pending").iterdir())

@@ -141,14 +141,6 @@ def sweep_trial(tune_config: dict) -> None:
     row, history, figures = run_with_recovery(spec, found.state, reporter)
     reporter.flush()
     report_final(row, history, figures)
-    exit_quietly_when_stopped()
-
-
-def exit_quietly_when_stopped() -> None:
-    """Tune stops a finished trial's process with SIGTERM, and Ray's handler then raises
-    SystemExit wherever the process is, printing a traceback into the sweep's log. With its
-    result reported, the process has nothing left to clean up: it just exits."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
 
 
 def quiet_checkpoint_logs() -> None:

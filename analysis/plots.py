@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +38,7 @@ from vb_sweep.config import DEFENSES  # noqa: E402
 from vb_sweep.results import read_history, read_trials  # noqa: E402
 
 PARETO_FILE = "pareto.parquet"
+OPTUNA_FILE = "optuna.db"  # the search's default study storage
 DPI = 150
 VARIANT_COLORS = dict(zip(DEFENSES, ("#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd",
                                      "#d62728")))
@@ -411,13 +413,73 @@ def render_pareto_front(results_dir: Path, trials: pd.DataFrame, out_dir: Path,
                         note: Note) -> list[Path]:
     path = results_dir / PARETO_FILE
     if not path.exists():
-        note(f"skipped pareto_front: no {PARETO_FILE} (written by experiments/threshold_search.py)")
+        note(f"skipped pareto_front: no {PARETO_FILE} (written by vb-sweep search)")
         return []
     fig = pareto_front_figure(pd.read_parquet(path), trials)
     if fig is None:
         note(f"skipped pareto_front: {PARETO_FILE} is empty")
         return []
     return save_figure(fig, out_dir, "pareto_front")
+
+
+def search_study(results_dir: Path):
+    """The Optuna study of a threshold-search folder (its default SQLite storage), or None."""
+    from vb_sweep.grid import read_manifest
+
+    manifest = read_manifest(results_dir) or {}
+    database = results_dir / OPTUNA_FILE
+    if manifest.get("kind") != "threshold_search" or not database.exists():
+        return None
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    name = manifest.get("options", {}).get("study_name") or manifest["sweep"]
+    try:
+        return optuna.load_study(study_name=name, storage=f"sqlite:///{database}")
+    except KeyError:  # a study of another name: not this folder's
+        return None
+
+
+def optuna_figures(study) -> dict[str, Figure]:
+    """Optuna's own views of a threshold search, for each objective where they take one: the
+    Pareto front, contour and slice plots over (t_f, t_m), and the parameters' importances."""
+    from optuna.visualization import matplotlib as views
+
+    objectives = list(enumerate(study.metric_names or ["ba", "asr"]))
+    plots = {"optuna_pareto_front": lambda: views.plot_pareto_front(
+        study, target_names=[name.upper() for _, name in objectives])}
+    for index, name in objectives:
+        target = (lambda i: lambda trial: trial.values[i])(index)
+        plots[f"optuna_contour_{name}"] = lambda t=target, n=name: views.plot_contour(
+            study, params=["t_f", "t_m"], target=t, target_name=n.upper())
+        plots[f"optuna_slice_{name}"] = lambda t=target, n=name: views.plot_slice(
+            study, target=t, target_name=n.upper())
+        plots[f"optuna_importances_{name}"] = lambda t=target, n=name: views.plot_param_importances(
+            study, target=t, target_name=n.upper())
+    figures = {}
+    with warnings.catch_warnings():  # Optuna marks its matplotlib views experimental
+        warnings.simplefilter("ignore")
+        for key, draw in plots.items():
+            try:
+                axes = draw()
+            except (ValueError, RuntimeError):  # too few finished trials for this view
+                continue
+            figures[key] = np.ravel(axes)[0].figure
+    return figures
+
+
+def render_optuna_figures(results_dir: Path, out_dir: Path, note: Note) -> list[Path]:
+    study = search_study(results_dir)
+    if study is None:
+        note(f"skipped optuna views: no threshold-search study ({OPTUNA_FILE}) in {results_dir}")
+        return []
+    import matplotlib.pyplot as plt
+
+    written = []
+    for name, fig in optuna_figures(study).items():
+        written += save_figure(fig, out_dir, name)
+        plt.close(fig)  # Optuna draws through pyplot, which keeps every figure open
+    return written
 
 
 def render_all(results_dir: str | Path, out_dir: str | Path, trial_id: str | None = None,
@@ -435,8 +497,17 @@ def render_all(results_dir: str | Path, out_dir: str | Path, trial_id: str | Non
                                 f"{results_dir / 'trials'}, e.g. {trials['trial_id'].iloc[0]})")
     return (render_variant_bars(trials, out_dir, note)
             + render_trial_figures(trials, history, out_dir, note, trial_id, split)
-            + render_threshold_heatmaps(blank_unused_settings(trials), out_dir, note)
+            + render_threshold_figures(results_dir, trials, out_dir, note)
             + render_pareto_front(results_dir, trials, out_dir, note))
+
+
+def render_threshold_figures(results_dir: Path, trials: pd.DataFrame, out_dir: Path,
+                             note: Note) -> list[Path]:
+    """A threshold search: Optuna's own views of its study. Any other grid with several
+    (t_f, t_m): the BA/ASR heatmaps over them."""
+    if search_study(results_dir) is not None:
+        return render_optuna_figures(results_dir, out_dir, note)
+    return render_threshold_heatmaps(blank_unused_settings(trials), out_dir, note)
 
 
 def main(argv: list[str] | None = None) -> int:

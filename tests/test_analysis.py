@@ -440,3 +440,27 @@ def test_variant_bars_label_every_bar_even_a_zero_one():
     ba_axis, asr_axis = fig.axes[:2]
     assert [text.get_text() for text in ba_axis.texts] == ["95", "90"]
     assert [text.get_text() for text in asr_axis.texts] == ["97", "0"]  # the 0% bar is labelled
+
+
+def test_a_search_folder_gets_optunas_own_views_instead_of_the_heatmap(search_results, tmp_path):
+    import shutil
+
+    import optuna
+
+    from vb_sweep.commands.search import open_study
+    from vb_sweep.grid import manifest_for, write_manifest
+
+    folder = tmp_path / "search"
+    shutil.copytree(search_results, folder)
+    write_manifest(folder, manifest_for("threshold_search", "thresholds-x", "smoke", {}))
+    study, _ = open_study(f"sqlite:///{folder / plots.OPTUNA_FILE}", "thresholds-x")
+    space = {name: optuna.distributions.FloatDistribution(0.05, 0.5) for name in ("t_f", "t_m")}
+    for _ in range(6):
+        trial = study.ask(space)
+        study.tell(trial, [0.9 - 0.2 * trial.params["t_m"], 0.1 * trial.params["t_f"]])
+    names = rendered(plots.render_all(folder, tmp_path / "figures"))
+    views = {name.split(".")[0] for name in names if name.startswith("optuna_")}
+    assert views == {"optuna_pareto_front", *(f"optuna_{view}_{objective}"
+                                              for view in ("contour", "slice", "importances")
+                                              for objective in ("ba", "asr"))}
+    assert not [name for name in names if name.startswith("thresholds_")]

@@ -5,6 +5,8 @@ any trial runs. Trials are smoke trials shrunk to seconds (conftest.TINY)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from analysis import plots, tables
-from conftest import TINY, run_notebook, run_script
+from conftest import BIN, TINY, run_notebook
 from vb_sweep.grid import manifest_for, write_manifest
 
 
@@ -46,9 +48,11 @@ def check_nested_runs(client: MlflowClient, sweep: str, rows: pd.DataFrame) -> N
 def cluster_sweep(ray_cluster, tmp_path_factory):
     """BadNets x (none, vab) x seeds 0 and 1 on the two-node cluster: (output folder, process)."""
     out = tmp_path_factory.mktemp("cluster-sweep") / "out"
-    result = run_script("ablation.py", *TINY, "--attacks", "badnets", "--defenses", "none",
-                        "vab", "--seeds", "0", "1", "--address", ray_cluster.address,
-                        "--out", str(out), env=ray_cluster.env)
+    result = subprocess.run(  # `vb-sweep ablation`, the installed command
+        [str(BIN / "vb-sweep"), "ablation", *TINY, "--attacks", "badnets", "--defenses", "none",
+         "vab", "--seeds", "0", "1", "--address", ray_cluster.address, "--out", str(out)],
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **ray_cluster.env},
+        capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out, result
 
@@ -112,6 +116,28 @@ def test_ablation_through_an_mlflow_server(ray_cluster, mlflow_server, sweep_scr
     assert not (out / "mlflow.db").exists()
     folder = client.download_artifacts(rows["mlflow_run_id"][0], "figures", str(tmp_path))
     assert Path(folder, "trigger_preview.png").read_bytes()[:4] == b"\x89PNG"
+    check_mlflow_conventions(client, parents[0], rows)
+
+
+def check_mlflow_conventions(client: MlflowClient, parent, rows: pd.DataFrame) -> None:
+    """The parent run holds the grid and a metric per cell; trial runs are named and tagged
+    for the UI, list their datasets, and hold no "None" param where the row has a value."""
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"grid.md", "grid.csv"} <= artifacts
+    metrics = client.get_run(parent.info.run_id).data.metrics
+    by_variant = rows.set_index("defense")
+    assert metrics["grid/blend/F_AT/ba"] == pytest.approx(by_variant.loc["F+AT", "ba"])
+    assert "grid/blend/F_AT/asr" in metrics
+    for _, row in rows.iterrows():
+        run = client.get_run(row["mlflow_run_id"])
+        assert run.info.run_name == f"blend/{row['defense']}/s0"
+        assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.name"]
+        assert run.data.params["poison_rate"] == str(row["poison_rate"]) != "None"
+        assert run.data.params["precision"] == row["precision"]
+        assert run.data.metrics["summary/ba"] == pytest.approx(row["ba"])
+        inputs = {i.tags[0].value: i.dataset.digest for i in run.inputs.dataset_inputs}
+        assert inputs == {"training": row["train_fingerprint"][-20:],
+                          "evaluation": row["test_fingerprint"]}
 
 
 def test_killed_trial_resumes_and_failed_trial_does_not_stop_the_others(
@@ -205,3 +231,25 @@ def test_a_killed_drivers_local_cluster_leaves_no_process(background_script, tmp
 
     wait_until(lambda: not any(running(process) for process in started),
                "every process of the killed driver's cluster gone", timeout_s=60)
+
+
+def test_vb_sweep_search_names_its_objectives_and_ties_trials_to_rows(ray_cluster, tmp_path):
+    """`vb-sweep search` (the installed command) on tiny trials: the study's objectives are
+    named, and each study trial names its row (trial_id), MLflow run and status."""
+    import optuna
+
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [str(BIN / "vb-sweep"), "search", *TINY, "--attack", "badnets", "--n-trials", "2",
+         "--address", ray_cluster.address, "--out", str(out)],
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **ray_cluster.env},
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    study = optuna.load_study(study_name="thresholds-badnets-vab-smoke",
+                              storage=f"sqlite:///{out / 'optuna.db'}")
+    assert study.metric_names == ["ba", "asr"]
+    rows = pd.read_parquet(out / "trials").set_index("trial_id")
+    for trial in study.trials:
+        attrs = trial.user_attrs
+        assert attrs["trial_id"] in rows.index and attrs["status"] == "ok"
+        assert attrs["mlflow_run_id"] == rows.loc[attrs["trial_id"], "mlflow_run_id"]

@@ -152,7 +152,8 @@ def finished_trials(study) -> int:
     return sum(trial.state in ended and trial.number not in requeued for trial in trials)
 
 
-def searcher(storage, name: str, ranges: dict, seed: int, concurrency: int):
+def searcher(storage, name: str, ranges: dict, seed: int, concurrency: int,
+             run_id_of=lambda trial_id: None):
     """Ray Tune's OptunaSearch on the persistent study, under a concurrency limit."""
     import optuna
     from ray.tune.search import ConcurrencyLimiter
@@ -162,9 +163,15 @@ def searcher(storage, name: str, ranges: dict, seed: int, concurrency: int):
         """A trial that ends with a failed row is FAILED in the study, not left RUNNING."""
 
         def on_trial_complete(self, trial_id, result=None, error=False):
-            if result is not None and result.get("trial_id") and trial_id in self._ot_trials:
-                # Ties the study's trial to its row in OUT/trials (and so to its MLflow run).
-                self._ot_trials[trial_id].set_user_attr("trial_id", result["trial_id"])
+            row_trial_id = (result or {}).get("row_trial_id")
+            if row_trial_id and trial_id in self._ot_trials:
+                # Ties the study's trial to its row in OUT/trials and its MLflow run (Tune
+                # calls the searcher before the recorder completes that run).
+                attributes = {"trial_id": row_trial_id, "status": result.get("status"),
+                              "mlflow_run_id": run_id_of(row_trial_id)}
+                for key, value in attributes.items():
+                    if value is not None:
+                        self._ot_trials[trial_id].set_user_attr(key, value)
             if result is not None and result.get("status") == "failed":
                 result, error = None, True
             super().on_trial_complete(trial_id, result=result, error=error)
@@ -236,7 +243,8 @@ def search(session: SweepSession, study, storage, base, ranges, args) -> int:
             # A resumed search must not replay the sampler's random stream from the start.
             seed = args.sampler_seed + len(study.trials)
             session.run({"trial": session.spec(base)}, recorder,
-                        search_alg=searcher(storage, study_name, ranges, seed, concurrency),
+                        search_alg=searcher(storage, study_name, ranges, seed, concurrency,
+                                            run_id_of=recorder.open_runs.get),
                         num_samples=remaining, searched=SEARCHED)
     return report(session, study_name, url, base)
 

@@ -165,8 +165,9 @@ def run_with_recovery(spec: dict, state: dict | None, reporter: EpochReporter):
 
 
 def final_metrics(row: dict) -> dict:
+    # Tune fills a "trial_id" of its own into every result: the row's goes under another name.
     metrics = {"stage": "final", "status": row["status"], "epoch": row.get("epochs"),
-               "trial_id": row.get("trial_id")}
+               "row_trial_id": row.get("trial_id")}
     for key in ("ba", "asr", "ra", "filter_precision", "filter_recall", "wall_s"):
         if isinstance(row.get(key), (int, float)):
             metrics[key] = row[key]

@@ -35,6 +35,7 @@ from analysis.tables import (  # noqa: E402
 )
 from vb_sweep.commands.options import OneLineErrorParser  # noqa: E402
 from vb_sweep.config import DEFENSES  # noqa: E402
+from vb_sweep.figures import draw_training_curves  # noqa: E402
 from vb_sweep.results import read_history, read_trials  # noqa: E402
 
 PARETO_FILE = "pareto.parquet"
@@ -42,7 +43,6 @@ OPTUNA_FILE = "optuna.db"  # the search's default study storage
 DPI = 150
 VARIANT_COLORS = dict(zip(DEFENSES, ("#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd",
                                      "#d62728")))
-STAGE_COLORS = {"plain": "#7f7f7f", "filtered": "#1f77b4", "mix": "#ff7f0e", "sst": "#2ca02c"}
 Note = Callable[[str], None]
 
 
@@ -182,35 +182,13 @@ def filter_quality_figure(history: pd.DataFrame, trial_id: str,
 
 def training_curves_figure(history: pd.DataFrame, trial_id: str,
                            trial: pd.Series | None = None) -> Figure | None:
-    """BA, ASR and RA of the Beneficiary after every epoch, each stage shaded, with the epoch of
-    the best BA marked (the paper's figure) beside the last one (the row's)."""
-    rows = history[(history["trial_id"].astype(object) == trial_id) & history["ba"].notna()]
-    rows = rows.sort_values("epoch")
-    if rows.empty:
-        return None
+    """BA, ASR and RA of the Beneficiary after every epoch, each stage shaded, the best-BA epoch
+    marked (``vb_sweep.figures.draw_training_curves``; the same figure is in each trial's MLflow
+    run)."""
+    records = history[history["trial_id"].astype(object) == trial_id].to_dict("records")
     fig, axes = new_figure(8, 4.5)
-    ax = axes[0, 0]
-    epochs = rows["epoch"].astype(int).to_numpy()
-    for column, label, color in (("ba", "BA", "#1f77b4"), ("asr", "ASR", "#d62728"),
-                                 ("ra", "RA", "#2ca02c")):
-        if column in rows and rows[column].notna().any():
-            ax.plot(epochs, 100 * rows[column].astype(float), marker=".", label=label, color=color)
-    for stage, span in rows.groupby("stage", sort=False)["epoch"]:
-        ax.axvspan(span.min() - 0.5, span.max() + 0.5, alpha=0.08,
-                   color=STAGE_COLORS.get(stage, "#999999"))
-        ax.text((span.min() + span.max()) / 2, 101, stage, ha="center", fontsize=7)
-    best = rows.loc[rows["ba"].astype(float).idxmax()]
-    ax.axvline(best["epoch"], color="#555555", linestyle="--", linewidth=0.8)
-    ax.annotate(f"best BA {100 * best['ba']:.1f} (ASR {100 * best['asr']:.1f}), epoch "
-                f"{int(best['epoch'])}", (best["epoch"], 50), fontsize=7, rotation=90,
-                ha="right", va="center")
-    ax.set_xlabel("Beneficiary epoch")
-    ax.set_ylabel("%")
-    ax.set_ylim(0, 108)
-    ax.set_title(f"BA, ASR and RA per epoch: {trial_title(trial, trial_id)}")
-    ax.legend(loc="center right", fontsize=8)
-    ax.grid(alpha=0.3)
-    return fig
+    title = f"BA, ASR and RA per epoch: {trial_title(trial, trial_id)}"
+    return fig if draw_training_curves(axes[0, 0], records, title) else None
 
 
 # ---------------------------------------------------------------------------------------------

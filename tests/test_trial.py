@@ -55,7 +55,8 @@ def test_trial_writes_row_and_history_with_filter_quality(tmp_path):
     split = history.iloc[0]
     assert split["credible_size"] + split["suspicious_size"] == 120
     assert sum(split["entropy_hist_poisoned"]) == 12
-    assert set(result.figures) == {"entropy_histogram.png", "trigger_preview.png"}
+    assert set(result.figures) == {"entropy_histogram.png", "trigger_preview.png",
+                                   "training_curves.png"}
     assert all(png.startswith(b"\x89PNG") for png in result.figures.values())
 
 
@@ -207,3 +208,12 @@ def test_a_diverging_run_stops_and_is_recorded_as_failed(tmp_path):
     row, history, _ = run_with_recovery(spec, None, Silent())
     assert row["status"] == "failed" and history == []
     assert "FloatingPointError: the training loss is" in row["error"]
+
+
+def test_show_attacks_writes_the_gallery(tmp_path, capsys):
+    out = tmp_path / "attacks.png"
+    assert main(["show-attacks", "--attacks", "badnets", "blend", "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    printed = capsys.readouterr().out
+    assert f"gallery of badnets, blend written to {out}" in printed
+    assert "preparing" not in printed  # neither trains, so no progress lines

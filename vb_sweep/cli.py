@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from vb_sweep.commands.options import OneLineErrorParser
@@ -172,8 +173,14 @@ def command_show_attacks(args) -> int:
     cache = ArtifactCache(args.cache_dir) if args.cache_dir else None
     for attack in attacks:
         attack.check_target(data.train.num_classes)
-        if attack.requires_training:
-            attack.prepare(data.train, cache=cache)
+    trained = [attack for attack in attacks if attack.requires_training]
+    for number, attack in enumerate(trained, 1):  # minutes each: say what is going on
+        print(f"[{number}/{len(trained)}] preparing {attack.name} (it trains before it can "
+              "poison)...", flush=True)
+        started = time.perf_counter()
+        attack.prepare(data.train, cache=cache)
+        print(f"[{number}/{len(trained)}] {attack.name} ready in "
+              f"{time.perf_counter() - started:.0f} s", flush=True)
     render_attack_gallery(data.test, attacks, out)
     print(f"gallery of {', '.join(names)} written to {out}")
     return 0

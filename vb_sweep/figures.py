@@ -37,6 +37,58 @@ def entropy_histogram_png(poisoned_counts: list[int], benign_counts: list[int],
     return _png(fig)
 
 
+STAGE_COLORS = {"plain": "#7f7f7f", "filtered": "#1f77b4", "mix": "#ff7f0e", "sst": "#2ca02c"}
+
+
+def _measured(record: dict, key: str) -> bool:
+    value = record.get(key)
+    return isinstance(value, (int, float)) and not np.isnan(value)
+
+
+def draw_training_curves(ax, records: list[dict], title: str) -> bool:
+    """BA, ASR and RA after every Beneficiary epoch on ``ax``, each stage shaded, the best-BA
+    epoch (the paper's figure; the first on a tie) marked beside the last one (the row's).
+    False when no record has a BA."""
+    trained = sorted((r for r in records if _measured(r, "ba")), key=lambda r: r["epoch"])
+    if not trained:
+        return False
+    epochs = [int(r["epoch"]) for r in trained]
+    for key, label, colour in (("ba", "BA", "#1f77b4"), ("asr", "ASR", "#d62728"),
+                               ("ra", "RA", "#2ca02c")):
+        if any(_measured(r, key) for r in trained):
+            ax.plot(epochs, [100 * r[key] if _measured(r, key) else np.nan for r in trained],
+                    marker=".", label=label, color=colour)
+    start = 0
+    for end in range(1, len(trained) + 1):  # one shaded span per run of a stage
+        if end == len(trained) or trained[end]["stage"] != trained[start]["stage"]:
+            stage = trained[start]["stage"]
+            ax.axvspan(epochs[start] - 0.5, epochs[end - 1] + 0.5, alpha=0.08,
+                       color=STAGE_COLORS.get(stage, "#999999"))
+            ax.text((epochs[start] + epochs[end - 1]) / 2, 101, stage, ha="center", fontsize=7)
+            start = end
+    best = max(trained, key=lambda r: r["ba"])
+    ax.axvline(best["epoch"], color="#555555", linestyle="--", linewidth=0.8)
+    ax.annotate(f"best BA {100 * best['ba']:.1f} (ASR {100 * best['asr']:.1f}), epoch "
+                f"{int(best['epoch'])}", (best["epoch"], 50), fontsize=7, rotation=90,
+                ha="right", va="center")
+    ax.set_xlabel("Beneficiary epoch")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 108)
+    ax.set_title(title)
+    ax.legend(loc="center right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return True
+
+
+def training_curves_png(records: list[dict],
+                        title: str = "BA, ASR and RA per epoch") -> bytes | None:
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if not draw_training_curves(ax, records, title):
+        plt.close(fig)
+        return None
+    return _png(fig)
+
+
 def _as_hwc(image: torch.Tensor) -> np.ndarray:
     return image.permute(1, 2, 0).cpu().numpy()
 

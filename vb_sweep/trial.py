@@ -34,7 +34,7 @@ from vb_sweep.cache import ArtifactCache, cache_key
 from vb_sweep.config import TrialConfig
 from vb_sweep.data import DatasetSplits
 from vb_sweep.device import precision_name, resolve_device
-from vb_sweep.figures import entropy_histogram_png, trigger_preview_png
+from vb_sweep.figures import entropy_histogram_png, training_curves_png, trigger_preview_png
 
 
 @dataclass
@@ -153,6 +153,9 @@ def trial_figures(history: list[dict], poison: PreparedPoison, data: DatasetSpli
         figures["entropy_histogram.png"] = entropy_histogram_png(
             splits[-1]["entropy_hist_poisoned"], splits[-1]["entropy_hist_benign"],
             title=f"Victim entropy at the final split (epoch {splits[-1]['epoch']})")
+    curves = training_curves_png(history, f"BA, ASR and RA per epoch: {poison.attack['attack']}")
+    if curves is not None:
+        figures["training_curves.png"] = curves
     non_target = data.test.labels != poison.attack["target"]
     figures["trigger_preview.png"] = trigger_preview_png(
         data.test.images[non_target][:4], poison.triggered_images[:4], poison.attack["attack"])

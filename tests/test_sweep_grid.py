@@ -156,6 +156,10 @@ def test_table_has_variants_in_paper_order_and_names_missing_cells(tmp_path):
     frame = pd.read_csv(csv)
     assert list(frame["defense"]) == ["none", "F", "vab"]
     assert {"dataset", "t_f", "t_m", "blend_ba", "badnets_asr"} <= set(frame.columns)
+    # One wording with analysis/ablation_table.py; the attacks' default rate written out.
+    assert "### dataset synthetic, poison rate 10%, t_f 0.2, t_m 0.5" in text
+    assert "| defense | blend BA |" in text
+    assert list(frame["poison_rate"]) == [0.1] * 3
 
 
 # -- resources ------------------------------------------------------------------------------------

@@ -230,7 +230,8 @@ def build_table_grid(configs: list[TrialConfig], trial_ids: list[str],
     """Rows: variants in Table 4 order; columns: attack x (BA, ASR) at the reported ``epoch``
     (``results.REPORTED_EPOCHS``), means over seeds. One table per (dataset, poisoning rate,
     t_f, t_m) combination of the grid."""
-    cells = pd.DataFrame([{**config.to_dict(), "trial_id": trial_id}
+    cells = pd.DataFrame([{**config.to_dict(), "poison_rate": resolved_rate(config),
+                           "trial_id": trial_id}
                           for config, trial_id in zip(configs, trial_ids)])
     rows = at_reported_epoch(trials, epoch).drop_duplicates("trial_id", keep="last")
     rows = rows.set_index("trial_id")
@@ -260,11 +261,19 @@ def _lookup(means: pd.DataFrame, variant: str, attack: str, metric: str) -> floa
         return math.nan
 
 
+def resolved_rate(config: TrialConfig) -> float:
+    """The poisoning rate a trial uses: its own, or its attack's default."""
+    from vb_sweep.attacks import ATTACKS
+
+    if config.poison_rate is not None:
+        return config.poison_rate
+    return ATTACKS.get(config.attack).default_poison_rate
+
+
 def _table_title(axes: dict) -> str:
-    rate = axes["poison_rate"]
-    rate_text = "attack default" if rate is None or pd.isna(rate) else f"{rate:g}"
-    return (f"{axes['dataset']}, poison rate {rate_text}, t_f {axes['t_f']:g}, "
-            f"t_m {axes['t_m']:g}")
+    """The same wording as analysis/ablation_table.py's section headings."""
+    return (f"dataset {axes['dataset']}, poison rate {100 * axes['poison_rate']:g}%, "
+            f"t_f {axes['t_f']:g}, t_m {axes['t_m']:g}")
 
 
 def missing_cells(cells: pd.DataFrame) -> list[str]:
@@ -281,7 +290,7 @@ def missing_cells(cells: pd.DataFrame) -> list[str]:
 
 def render_table(table: GridTable) -> str:
     seeds = f", mean of {table.seeds} seeds" if table.seeds > 1 else ""
-    header = ["variant"] + [f"{attack} {metric}" for attack in table.attacks
+    header = ["defense"] + [f"{attack} {metric}" for attack in table.attacks
                             for metric in ("BA", "ASR")]
     lines = [f"### {table.title} (BA / ASR in % at the {EPOCH_LEGEND[table.epoch]}{seeds})", "",
              "| " + " | ".join(header) + " |",

@@ -73,7 +73,8 @@ def add_trial_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attack", default="badnets",
                         help=f"{' | '.join(ATTACKS.names())} (default badnets)")
     parser.add_argument("--attack-preset", default=None,
-                        help="vab_paper | backdoorbench: whose trigger settings (default vab_paper)")
+                        help="vab_paper | backdoorbench: whose trigger settings "
+                             "(default vab_paper)")
     parser.add_argument("--defense", default="vab", help=f"{' | '.join(DEFENSES)} (default vab)")
     parser.add_argument("--augment", default=None,
                         help=f"{' | '.join(AUGMENTS)}: the mixing of the F+AT variants "

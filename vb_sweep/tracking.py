@@ -19,6 +19,7 @@ Browse the default store with ``mlflow ui --backend-store-uri sqlite:///OUT/mlfl
 
 from __future__ import annotations
 
+import functools
 import getpass
 import json
 import logging
@@ -39,8 +40,9 @@ from vb_sweep.errors import ConfigError
 
 # History columns logged as per-epoch metrics (step = Beneficiary epoch; 0 is the Victim's
 # first split).
-EPOCH_METRICS = ("ba", "asr", "ra", "clean_target_rate", "loss", "lr", "credible_size", "suspicious_size",
-                 "filter_precision", "filter_recall", "filter_auroc", "seconds", "images_per_s")
+EPOCH_METRICS = ("ba", "asr", "ra", "clean_target_rate", "loss", "lr", "credible_size",
+                 "suspicious_size", "filter_precision", "filter_recall", "filter_auroc", "seconds",
+                 "images_per_s")
 # Row columns logged once as metrics of the trial's run.
 ROW_METRICS = ("ba", "asr", "ra", "best_ba", "best_ba_asr", "best_epoch", "clean_target_rate",
                "filter_precision", "filter_recall", "filter_auroc", "first_filter_precision",
@@ -61,8 +63,8 @@ SUMMARY_PREFIX = "summary/"  # the row's figures: one group in MLflow's chart vi
 
 def source_tags() -> dict[str, str]:
     """The tags MLflow's fluent API sets and its UI shows: source, git commit, user."""
-    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": Path(sys.argv[0]).name or "python",
-            "mlflow.user": _user()}
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.user": _user(),
+            "mlflow.source.name": Path(sys.argv[0]).name or "python"}
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
@@ -76,8 +78,9 @@ def _user() -> str:
         return "unknown"
 
 
+@functools.cache
 def git_commit() -> str | None:
-    """The commit of the checkout this package runs from, if it is one."""
+    """The commit of the checkout this package runs from, if it is one (asked once)."""
     try:
         done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
                               capture_output=True, text=True, timeout=5)
@@ -147,7 +150,7 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
             reason = f"HTTP {reply.status}"
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = str(getattr(err, "reason", err))
-    raise ConfigError("--mlflow-uri", uri, f"a reachable MLflow server ({reason})")
+    raise ConfigError("--mlflow-uri", redact_url(uri), f"a reachable MLflow server ({reason})")
 
 
 def lock_sqlite_store(uri: str, hold: bool = True):

@@ -30,10 +30,12 @@ def fail(prog: str, err: ConfigError) -> int:
 
 
 def add_sweep_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="smoke", help="smoke (generated data, tiny network, minutes on a laptop) | cpu (CIFAR-10 "
-                             "subset, small CNN) | paper (full CIFAR-10, ResNet-18, 200 epochs); "
-                             "default smoke")
-    parser.add_argument("--data-root", default=None, help="dataset folder on the workers (cifar10: the python-pickle layout; "
+    parser.add_argument("--preset", default="smoke",
+                        help="smoke (generated data, tiny network, minutes on a laptop) | cpu "
+                             "(CIFAR-10 subset, small CNN) | paper (full CIFAR-10, ResNet-18, "
+                             "200 epochs); default smoke")
+    parser.add_argument("--data-root", default=None,
+                        help="dataset folder on the workers (cifar10: the python-pickle layout; "
                              "gtsrb: 32x32 arrays); smoke's generated data needs none")
     parser.add_argument("--epochs", type=int, default=None,
                         help="Beneficiary epochs; the preset's schedule is scaled to them")

@@ -133,6 +133,8 @@ def check_mlflow_conventions(client: MlflowClient, parent, rows: pd.DataFrame) -
         assert run.info.run_name == f"blend/{row['defense']}/s0"
         assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.name"]
         assert run.data.params["poison_rate"] == str(row["poison_rate"]) != "None"
+        given = [key for key in run.data.params if key in row and not pd.isna(row[key])]
+        assert given and not [key for key in given if run.data.params[key] == "None"]
         assert run.data.params["precision"] == row["precision"]
         assert run.data.metrics["summary/ba"] == pytest.approx(row["ba"])
         inputs = {i.tags[0].value: i.dataset.digest for i in run.inputs.dataset_inputs}

@@ -193,6 +193,20 @@ def test_lone_preparation_tasks_get_the_sweeps_cores_on_cpus():
     assert two_nodes.preparation_options(1) == (two_nodes.task_options(), 1)
 
 
+def test_the_status_table_is_printed_only_when_a_trial_moved():
+    from types import SimpleNamespace
+
+    from vb_sweep.sweep.session import progress_reporter
+
+    reporter = progress_reporter(verbose=1, every_s=0)  # Tune's own time limit aside
+    trial = SimpleNamespace(trial_id="a", status="RUNNING", last_result={"epoch": 1})
+    assert reporter.should_report([trial])
+    assert not reporter.should_report([trial])  # nothing moved
+    trial.last_result = {"epoch": 2}
+    assert reporter.should_report([trial])
+    assert reporter.should_report([trial], done=True)  # the last table is always printed
+
+
 def test_progress_line_has_elapsed_time_and_an_estimate_of_the_rest():
     from vb_sweep.sweep import progress_line
 

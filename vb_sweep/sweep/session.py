@@ -50,10 +50,11 @@ PROGRESS_METRICS = {"stage": "stage", "epoch": "epoch", "ba": "BA", "asr": "ASR"
                     "credible_size": "|Dc|", "loss": "loss"}
 
 
-def progress_reporter(verbose: int, searched: tuple[str, ...] = ()):
+def progress_reporter(verbose: int, searched: tuple[str, ...] = (), every_s: float | None = None):
     """Tune's classic table (one row per trial: its latest epoch's metrics), which is far more
-    compact than the default output, at most once a minute (the [k/N] lines carry the progress);
-    verbose 2 adds a line per reported epoch and a table every 5 s."""
+    compact than the default output, at most once a minute and only when something moved (the
+    [k/N] lines carry the progress); verbose 2 adds a line per reported epoch and a table every
+    5 s."""
     from ray import tune
 
     # Read when the run starts: the classic reporter instead of Tune's default output.
@@ -62,10 +63,27 @@ def progress_reporter(verbose: int, searched: tuple[str, ...] = ()):
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # The Victim's epoch-0 record has no BA/ASR; a searcher only reads the final report.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    return tune.CLIReporter(metric_columns=PROGRESS_METRICS,
-                            parameter_columns={**PROGRESS_PARAMETERS,
-                                               **{name: name for name in searched}},
-                            max_report_frequency=60 if verbose < 2 else 5, max_progress_rows=50)
+
+    class ChangedTableReporter(tune.CLIReporter):
+        """Prints the table only when a trial's status or epoch moved since the last one."""
+
+        shown: tuple = ()
+
+        def should_report(self, trials, done: bool = False) -> bool:
+            state = tuple((t.trial_id, t.status, t.last_result.get("epoch")) for t in trials)
+            if state == self.shown and not done:
+                return False
+            if not super().should_report(trials, done):
+                return False
+            self.shown = state
+            return True
+
+    return ChangedTableReporter(metric_columns=PROGRESS_METRICS,
+                                parameter_columns={**PROGRESS_PARAMETERS,
+                                                   **{name: name for name in searched}},
+                                max_report_frequency=every_s if every_s is not None
+                                else 60 if verbose < 2 else 5,
+                                max_progress_rows=50)
 
 
 def run_tune(settings: TuneSettings, param_space: dict, recorder: TrialRecorder,

@@ -11,8 +11,9 @@ examples:
 (``python experiments/ablation.py`` takes the same options.)
 
 Before any trial starts, every option and every cell's configuration is checked, and each
-distinct poisoned set and Victim trajectory is built once into the shared cache. At the end the
-grid is printed and written (OUT/grid.md, OUT/grid.csv), with the cells that are missing and why.
+distinct poisoned set, Victim trajectory and mix stage is built once into the shared cache; the
+trials then start longest first. At the end the grid is printed and written (OUT/grid.md,
+OUT/grid.csv; both also on the MLflow parent run), with the cells that are missing and why.
 
 Results: pandas.read_parquet("OUT/trials") (one row per trial) and "OUT/history" (per epoch);
 MLflow: `mlflow ui --backend-store-uri sqlite:///OUT/mlflow.db` (the default store), or the

@@ -243,7 +243,7 @@ class SweepTracker:
             self.client.log_artifact(self.parent_run_id, str(path))
         stamp = _now_ms()
         metrics = [Metric(metric_key("grid", cell["attack"], cell["defense"], key),
-                          float(cell[key]), stamp, 0)
+                          round(float(cell[key]), 4), stamp, 0)  # as grid.csv: no float32 noise
                    for cell in cells for key in ("ba", "asr", "der") if _finite(cell.get(key))]
         for batch in _batches(metrics, BATCH_METRICS):
             self.client.log_batch(self.parent_run_id, metrics=batch)

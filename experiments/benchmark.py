@@ -96,7 +96,7 @@ def main(argv=None) -> int:
         print(f"\n{precision_name(amp, device)}:")
         worst = print_stage_figures(stage_figures(config.replace(amp=amp), data, device))
         print(f"  largest overhead {worst:.1%} (goal: under 10%)")
-    if args.grid:  # each half printed as it ends: at cpu scale each takes the better part of an hour
+    if args.grid:  # each half printed as it ends: at cpu scale each takes most of an hour
         shared = grid_cost(config, shared=True)
         print(f"\nBadNets six-variant grid, one process: {shared:.0f} s with the shared mix "
               "stage", flush=True)

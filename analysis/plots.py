@@ -34,12 +34,11 @@ from analysis.tables import (  # noqa: E402
     ordered_attacks, split_sections,
 )
 from vb_sweep.commands.options import OneLineErrorParser  # noqa: E402
+from vb_sweep.commands.search import PARETO_FILE, STUDY_FILE  # noqa: E402
 from vb_sweep.config import DEFENSES  # noqa: E402
 from vb_sweep.figures import draw_training_curves  # noqa: E402
 from vb_sweep.results import read_history, read_trials  # noqa: E402
 
-PARETO_FILE = "pareto.parquet"
-OPTUNA_FILE = "optuna.db"  # the search's default study storage
 DPI = 150
 VARIANT_COLORS = dict(zip(DEFENSES, ("#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd",
                                      "#d62728")))
@@ -405,7 +404,7 @@ def search_study(results_dir: Path):
     from vb_sweep.grid import read_manifest
 
     manifest = read_manifest(results_dir) or {}
-    database = results_dir / OPTUNA_FILE
+    database = results_dir / STUDY_FILE
     if manifest.get("kind") != "threshold_search" or not database.exists():
         return None
     import optuna
@@ -449,7 +448,7 @@ def optuna_figures(study) -> dict[str, Figure]:
 def render_optuna_figures(results_dir: Path, out_dir: Path, note: Note) -> list[Path]:
     study = search_study(results_dir)
     if study is None:
-        note(f"skipped optuna views: no threshold-search study ({OPTUNA_FILE}) in {results_dir}")
+        note(f"skipped optuna views: no threshold-search study ({STUDY_FILE}) in {results_dir}")
         return []
     import matplotlib.pyplot as plt
 

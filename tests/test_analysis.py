@@ -453,7 +453,7 @@ def test_a_search_folder_gets_optunas_own_views_instead_of_the_heatmap(search_re
     folder = tmp_path / "search"
     shutil.copytree(search_results, folder)
     write_manifest(folder, manifest_for("threshold_search", "thresholds-x", "smoke", {}))
-    study, _ = open_study(f"sqlite:///{folder / plots.OPTUNA_FILE}", "thresholds-x")
+    study, _ = open_study(f"sqlite:///{folder / plots.STUDY_FILE}", "thresholds-x")
     space = {name: optuna.distributions.FloatDistribution(0.05, 0.5) for name in ("t_f", "t_m")}
     for _ in range(6):
         trial = study.ask(space)

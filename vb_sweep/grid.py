@@ -230,7 +230,10 @@ def build_table_grid(configs: list[TrialConfig], trial_ids: list[str],
     """Rows: variants in Table 4 order; columns: attack x (BA, ASR) at the reported ``epoch``
     (``results.REPORTED_EPOCHS``), means over seeds. One table per (dataset, poisoning rate,
     t_f, t_m) combination of the grid."""
-    cells = pd.DataFrame([{**config.to_dict(), "poison_rate": resolved_rate(config),
+    from vb_sweep.attacks.registry import resolved_poison_rate
+
+    cells = pd.DataFrame([{**config.to_dict(),
+                           "poison_rate": resolved_poison_rate(config.attack, config.poison_rate),
                            "trial_id": trial_id}
                           for config, trial_id in zip(configs, trial_ids)])
     rows = at_reported_epoch(trials, epoch).drop_duplicates("trial_id", keep="last")
@@ -259,15 +262,6 @@ def _lookup(means: pd.DataFrame, variant: str, attack: str, metric: str) -> floa
         return float(means.loc[(variant, attack), metric])
     except KeyError:
         return math.nan
-
-
-def resolved_rate(config: TrialConfig) -> float:
-    """The poisoning rate a trial uses: its own, or its attack's default."""
-    from vb_sweep.attacks import ATTACKS
-
-    if config.poison_rate is not None:
-        return config.poison_rate
-    return ATTACKS.get(config.attack).default_poison_rate
 
 
 def _table_title(axes: dict) -> str:

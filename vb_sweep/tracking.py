@@ -102,10 +102,11 @@ def resolved_params(config: dict) -> dict:
     """The trial's configuration as params, with the values a default stands for: the
     attack's own poisoning rate where ``poison_rate`` is None."""
     from vb_sweep.attacks import ATTACKS
+    from vb_sweep.attacks.registry import resolved_poison_rate
 
     params = dict(config)
-    if params.get("poison_rate") is None and params.get("attack") in ATTACKS.names():
-        params["poison_rate"] = ATTACKS.get(params["attack"]).default_poison_rate
+    if params.get("attack") in ATTACKS.names():
+        params["poison_rate"] = resolved_poison_rate(params["attack"], params.get("poison_rate"))
     return params
 
 

@@ -28,5 +28,11 @@ def build_attack(name: str, *, target: int = 0, poison_rate: float | None = None
                              **overrides)
 
 
+def resolved_poison_rate(attack: str, poison_rate: float | None) -> float:
+    """The poisoning rate a trial of ``attack`` uses: ``poison_rate``, or the attack's default
+    where it is None."""
+    return ATTACKS.get(attack).default_poison_rate if poison_rate is None else poison_rate
+
+
 # Imported last, for their registration side effect (they import ATTACKS from this module).
 from vb_sweep.attacks import badnets, blend, cl, dynamic, sig, wanet  # noqa: E402,F401

@@ -35,6 +35,7 @@ PROG = "vb-sweep search"
 OBJECTIVES = (("ba", "max"), ("asr", "min"))
 SEARCHED = ("t_f", "t_m")
 PARETO_FILE = "pareto.parquet"
+STUDY_FILE = "optuna.db"  # the study's default storage, an SQLite file in the output folder
 REQUEUED_FROM = "requeued_from"  # user attribute: the interrupted trial this one repeats
 
 
@@ -94,7 +95,7 @@ def check_search_options(args) -> dict[str, tuple[float, float]]:
 
 
 def storage_url(args, out: Path) -> str:
-    return args.storage or f"sqlite:///{(out / 'optuna.db').resolve()}"
+    return args.storage or f"sqlite:///{(out / STUDY_FILE).resolve()}"
 
 
 def check_storage_url(url: str) -> str:

@@ -126,3 +126,20 @@ def test_a_victim_cached_in_one_precision_is_not_returned_for_the_other(tmp_path
     _, cached = prepare_victim(config, cache, "cpu")
     assert cached is True
     assert len([key for key in cache.builds if key.startswith("victim-")]) == 2
+
+
+@pytest.mark.parametrize("mix_epochs, resplit_every", [(4, 3), (4, 1), (4, 4), (0, 2)])
+def test_every_sst_epoch_has_the_victims_tempered_softmax(tmp_path, mix_epochs, resplit_every):
+    """A re-split period that does not divide the mix stage leaves an older split in use when
+    SST starts (8 mix epochs, one re-split every 5: the split made after epoch 5); it must carry
+    the softmax that suppression reads, or the first SST epoch has nothing to suppress with."""
+    config = preset_config("smoke", **{**TINY, "epochs": 6, "mix_epochs": mix_epochs,
+                                       "lr_milestones": (3,), "lambda_u_switch": 5,
+                                       "resplit_every": resplit_every}, defense="vab").validate()
+    trajectory, _ = prepare_victim(config, ArtifactCache(tmp_path / "cache"), "cpu")
+    for epoch in range(mix_epochs + 1, 7):
+        assert trajectory.state_for(epoch).tempered_softmax is not None, epoch
+    for epoch in range(1, mix_epochs + 1):  # the mix stage needs none: not kept
+        state = trajectory.state_for(epoch)
+        if all(state is not trajectory.state_for(e) for e in range(mix_epochs + 1, 7)):
+            assert state.tempered_softmax is None, epoch

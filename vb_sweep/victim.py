@@ -18,7 +18,7 @@ from vb_sweep.engine import StepSettings, plain_epoch
 from vb_sweep.metrics import iterate_logits
 
 # Part of the trajectory's cache key: bump when how it is computed changes.
-VICTIM_ARTIFACT_VERSION = 2
+VICTIM_ARTIFACT_VERSION = 3
 
 
 def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -132,14 +132,20 @@ def run_victim(model, optimizer, images, labels, settings: VictimSettings, step:
         train_on_suspicious(new_state("victim_warmup", epoch, threshold, keep_softmax=False))
         victim_epochs += 1
 
-    states = [new_state("victim", 0, settings.t_f, keep_softmax=settings.mix_epochs == 0)]
-    state_of_epoch = []
     updates = updates_after_epochs(settings.epochs, settings.mix_epochs, settings.resplit_every)
+
+    def used_in_sst(after_epoch: int) -> bool:
+        """Whether the split made after ``after_epoch`` is still in use when SST starts (no
+        re-split in epochs after_epoch+1..mix_epochs): only those need the tempered softmax."""
+        return not any(updates[after_epoch:settings.mix_epochs])
+
+    states = [new_state("victim", 0, settings.t_f, keep_softmax=used_in_sst(0))]
+    state_of_epoch = []
     for epoch, update in enumerate(updates, start=1):
         state_of_epoch.append(len(states) - 1)
         if update:
             train_on_suspicious(states[-1])
             victim_epochs += 1
             states.append(new_state("victim", epoch, settings.t_f,
-                                    keep_softmax=epoch + 1 > settings.mix_epochs))
+                                    keep_softmax=used_in_sst(epoch)))
     return VictimTrajectory(states, state_of_epoch, victim_epochs=victim_epochs)

@@ -4,7 +4,10 @@ check: images/s of each stage, and the share of its wall time spent inside the m
 The bare model's rate is measured on random tensors at the batch sizes the stage really runs
 (forward+backward+SGD step for training passes, no-grad forward for the others); a stage's model
 time is the sum over its passes of images / bare rate, and the rest of its wall time (indexing,
-augmentation, mixing, bookkeeping) is overhead.
+augmentation, mixing, bookkeeping) is overhead. The rates are measured again just before and
+just after each stage and averaged: a CPU's speed drifts over minutes (clock boost, other
+processes), and a rate taken once at the start read that drift as up to 29% "overhead" on a
+2-core machine where the stage's steps, interleaved with bare ones, ran within 4% of them.
 """
 
 from __future__ import annotations
@@ -54,6 +57,19 @@ class BareModel:
     def model_seconds(self, passes) -> float:
         """``passes``: (images, batch size, train) per kind of pass of a stage."""
         return sum(images / self.rate(batch, train) for images, batch, train in passes if images)
+
+    def timed_stage(self, name: str, run, images: int, passes) -> dict:
+        """``run`` timed, against the bare rates of its ``passes`` measured right before and
+        right after it (the mean of the two model times)."""
+        before = self.fresh_model_seconds(passes)
+        seconds = timed(run, self.device)
+        after = self.fresh_model_seconds(passes)
+        return stage_figure(name, seconds, images, (before + after) / 2)
+
+    def fresh_model_seconds(self, passes) -> float:
+        for _, batch, train in passes:
+            self.rates.pop((max(1, batch), train), None)
+        return self.model_seconds(passes)
 
     def _measure(self, batch_size: int, train: bool) -> float:
         model, dtype = self.model, self.autocast_dtype
@@ -118,16 +134,14 @@ def stage_figures(config, data, device: str, bare_seconds: float = 2.0) -> dict:
             prediction_entropy(logits)
 
     stages = [
-        stage_figure("entropy pass", timed(entropy_pass, device), n,
-                     bare.model_seconds([(n, config.eval_batch_size, False)])),
-        stage_figure("victim epoch",
-                     timed(lambda: plain_epoch(model, optimizer, images, labels, everything,
-                                               victim_step), device),
-                     n, bare.model_seconds([(n, config.victim_batch_size, True)])),
-        stage_figure("plain epoch",
-                     timed(lambda: plain_epoch(model, optimizer, images, labels, everything,
-                                               step), device),
-                     n, bare.model_seconds([(n, b, True)]))]
+        bare.timed_stage("entropy pass", entropy_pass, n, [(n, config.eval_batch_size, False)]),
+        bare.timed_stage("victim epoch",
+                         lambda: plain_epoch(model, optimizer, images, labels, everything,
+                                             victim_step),
+                         n, [(n, config.victim_batch_size, True)]),
+        bare.timed_stage("plain epoch",
+                         lambda: plain_epoch(model, optimizer, images, labels, everything, step),
+                         n, [(n, b, True)])]
     # Two views per credible image (SST adds K views of an unlabeled batch). In the authors'
     # passes (the default) every view and half goes through the model on its own; "joint"
     # forwards the whole step's batch at once and takes the attention in one no-grad pass.
@@ -135,19 +149,19 @@ def stage_figures(config, data, device: str, bare_seconds: float = 2.0) -> dict:
     joint = config.batchnorm_passes == "joint"
     mix_passes = ([(views, 2 * b, True), (views, 2 * b, False)] if joint
                   else [(views, b, True), (views, b, False)])
-    stages.append(stage_figure(
+    stages.append(bare.timed_stage(
         "attentionmix epoch",
-        timed(lambda: mix_epoch(model, optimizer, images, labels, credible, classes, step),
-              device), views, bare.model_seconds(mix_passes)))
+        lambda: mix_epoch(model, optimizer, images, labels, credible, classes, step),
+        views, mix_passes))
     sst = SSTSettings(config.sst_augmentations, 0.5, None, True, True)
     _, u_batch = unlabeled_batch_size(m, u, b)
     k_views = config.sst_augmentations * u
     sst_passes = ([(views + k_views, 2 * b + config.sst_augmentations * u_batch, True),
                    (views, 2 * b, False)] if joint
                   else [*mix_passes, (k_views, u_batch, True), (k_views, u_batch, False)])
-    stages.append(stage_figure(
+    stages.append(bare.timed_stage(
         "sst epoch",
-        timed(lambda: sst_epoch(model, optimizer, images, labels, credible, suspicious,
-                                victim_soft, classes, step, sst), device),
-        views + k_views, bare.model_seconds(sst_passes)))
+        lambda: sst_epoch(model, optimizer, images, labels, credible, suspicious, victim_soft,
+                          classes, step, sst),
+        views + k_views, sst_passes))
     return {"bare": bare_figures, "stages": stages}

@@ -218,6 +218,18 @@ def test_progress_line_has_elapsed_time_and_an_estimate_of_the_rest():
     assert progress_line(6, 6, row, elapsed_s=400).endswith("elapsed 6:40")
 
 
+def test_progress_line_shows_the_filter_of_a_filtering_variant():
+    from vb_sweep.sweep import progress_line
+
+    row = {"trial_id": "badnets-vab-s0-x", "status": "ok", "ba": 0.934, "asr": 0.0,
+           "wall_s": 149.0, "filter_recall": 1.0, "filter_precision": 0.98}
+    assert progress_line(1, 2, row) == ("[1/2] badnets-vab-s0-x finished: BA 0.934 ASR 0.000 "
+                                        "in 149 s; filter recall 1.00 precision 0.98")
+    plain = {**row, "trial_id": "badnets-none-s0-x", "filter_recall": None,
+             "filter_precision": float("nan")}
+    assert "filter" not in progress_line(2, 2, plain)
+
+
 # -- fault hooks ----------------------------------------------------------------------------------
 def test_fault_hooks_select_trials_by_id(monkeypatch, tmp_path):
     config = build_grid(GridOptions(attacks=["badnets"], defenses=["F"]))[0]

@@ -155,8 +155,10 @@ class TrialRecorder:
 
 
 def progress_line(done: int, total: int, row: dict, elapsed_s: float | None = None) -> str:
-    """``[k/N] TRIAL finished: BA .. ASR .. in .. s`` and, given the time since the trials
-    started, the elapsed time and an estimate of what is left (at the pace so far)."""
+    """``[k/N] TRIAL finished: BA .. ASR .. in .. s``, with the Victim's filter at the last
+    split for a filtering variant (recall: the share of the poisoned images it set aside) and,
+    given the time since the trials started, the elapsed time and an estimate of what is left
+    (at the pace so far)."""
     head = f"[{done}/{total}] {row['trial_id']}"
     if row["status"] != "ok":
         error = (row.get("error") or "").strip().splitlines()
@@ -164,6 +166,9 @@ def progress_line(done: int, total: int, row: dict, elapsed_s: float | None = No
     else:
         line = (f"{head} finished: BA {row['ba']:.3f} ASR {row['asr']:.3f}"
                 + (f" in {row['wall_s']:.0f} s" if _number(row.get("wall_s")) else ""))
+        if _number(row.get("filter_recall")) and _number(row.get("filter_precision")):
+            line += (f"; filter recall {row['filter_recall']:.2f} "
+                     f"precision {row['filter_precision']:.2f}")
     if elapsed_s is None:
         return line
     left = elapsed_s / done * (total - done) if done else math.nan

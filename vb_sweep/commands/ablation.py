@@ -88,16 +88,15 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
               f"done, {len(todo)} to run; {session.resources.describe()}", flush=True)
         if session.shared_folder_note():
             print(session.shared_folder_note(), flush=True)
-        print(session.prepare(todo), flush=True)
-    except ConfigError as err:
+        return run_and_report(session, configs, todo, args.report_epoch)
+    except ConfigError as err:  # a worker's, from the preparation, ends the invocation FAILED
         return fail(prog, err)
-    return run_and_report(session, configs, todo, args.report_epoch)
 
 
 def run_and_report(session: SweepSession, configs, todo, epoch: str = "last") -> int:
     from vb_sweep.trial import trial_id_for
 
-    with session.invocation(len(todo)) as recorder:
+    with session.invocation(len(todo), preparing=lambda: session.prepare(todo)) as recorder:
         if todo:
             specs = [session.spec(config) for config in longest_first(todo)]
             session.run(grid_param_space(specs), recorder)

@@ -225,10 +225,9 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
             print(session.shared_folder_note(), flush=True)
         session.out.mkdir(parents=True, exist_ok=True)
         study, storage = open_study(url, study_name)
-        print(session.prepare([base], victims=False), flush=True)
-    except ConfigError as err:
+        return search(session, study, storage, base, ranges, args)
+    except ConfigError as err:  # a worker's, from the preparation, ends the invocation FAILED
         return fail(prog, err)
-    return search(session, study, storage, base, ranges, args)
 
 
 def search(session: SweepSession, study, storage, base, ranges, args) -> int:
@@ -238,7 +237,8 @@ def search(session: SweepSession, study, storage, base, ranges, args) -> int:
     print(f"study {study_name!r} at {redact_url(url)}: {finished_trials(study)} trials done, "
           f"{max(remaining, 0)} to run" + (f" ({requeued} interrupted, requeued)"
                                            if requeued else ""), flush=True)
-    with session.invocation(max(remaining, 0)) as recorder:
+    with session.invocation(max(remaining, 0),
+                            preparing=lambda: session.prepare([base], victims=False)) as recorder:
         if remaining > 0:
             concurrency = args.concurrency or session.resources.max_concurrent
             # A resumed search must not replay the sampler's random stream from the start.

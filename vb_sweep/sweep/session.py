@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,20 +296,28 @@ class SweepSession:
             ray.shutdown()
 
     @contextmanager
-    def invocation(self, total: int):
+    def invocation(self, total: int, preparing: Callable[[], str] | None = None):
         """``start()``, yield the recorder of ``total`` trials, then ``close()`` with the
-        invocation's status: what the recorder saw, KILLED on Ctrl-C, FAILED on an error."""
+        invocation's status: what the recorder saw, KILLED on Ctrl-C, FAILED on an error.
+        ``preparing`` (building the shared artifacts on the cluster, see ``prepare``) runs
+        while ``start()`` opens the MLflow store, which takes seconds on a new SQLite store;
+        its summary line is printed before the recorder is yielded."""
         status = "FAILED"
+        background = ThreadPoolExecutor(1, thread_name_prefix="prepare")
         try:
+            prepared = background.submit(preparing) if preparing else None
             self.start()
             recorder = self.recorder(total)
             recorder.complete_pending()
+            if prepared is not None:
+                print(prepared.result(), flush=True)
             yield recorder
             status = recorder.invocation_status()
         except KeyboardInterrupt:
             status = "KILLED"
             raise
         finally:
+            background.shutdown(wait=False)
             self.close(status)
 
     def shared_folder_note(self) -> str | None:

@@ -19,11 +19,12 @@ from vb_sweep.trial import trial_id_for
 
 
 # -- the grid -------------------------------------------------------------------------------------
-def test_smoke_defaults_are_badnets_none_f_vab_by_one_seed():
+def test_smoke_defaults_are_badnets_none_vab_by_one_seed():
     configs = build_grid(GridOptions(preset="smoke"))  # the README's first run
-    assert len(configs) == 3
+    assert len(configs) == 2
     assert {c.attack for c in configs} == {"badnets"}
-    assert [c.defense for c in configs] == ["none", "F", "vab"]
+    assert [c.defense for c in configs] == ["none", "vab"]
+    assert {c.resplit_every for c in configs} == {5}  # the authors' period in the mix stage
     assert {c.seed for c in configs} == {0}
     cpu = build_grid(GridOptions(preset="cpu", attacks=["badnets"]))
     assert [c.defense for c in cpu] == list(DEFENSES)

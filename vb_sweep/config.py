@@ -254,9 +254,14 @@ PRESET_VALUES: dict[str, dict[str, Any]] = {
     #   0.97 but no longer touches Blend (ASR 0.96). (Those figures predate the authors'
     #   BatchNorm passes and separate initialisations; with them BadNets vab is 0.934 / 0.000
     #   against 0.988 / 0.969 without defense, and the rest await re-measurement.)
+    # - The Victim re-splits every 5th epoch of the mix stage, the authors' period (the scaled
+    #   schedule's period rounds to 1 at 16 epochs, a re-split after each of the 8 mix epochs).
+    #   Seed 0, BadNets vab: 0.936 / 0.000 with it, 0.934 / 0.000 with a re-split every epoch;
+    #   the preparation (poisoned set, Victim, mix stage) takes about 100 s instead of 123 on
+    #   2 AVX2 cores.
     "smoke": {"dataset": "synthetic", "model": "tiny_cnn", "test_per_class": 50,
               "batch_size": 64, "victim_batch_size": 32, "eval_batch_size": 512, "t_m": 0.5,
-              **scaled_schedule(16), "lr_milestones": (8, 12, 14)},
+              **scaled_schedule(16), "lr_milestones": (8, 12, 14), "resplit_every": 5},
     # A CIFAR-10 subset big enough for the Victim to learn the trigger in one epoch
     # (METHOD.md section 8: ~20,000 images) and a small network.
     "cpu": {"dataset": "cifar10", "model": "small_cnn", "train_per_class": 2000,

@@ -51,7 +51,7 @@ def build_parser(prog: str = PROG) -> OneLineErrorParser:
                       help=f"{' '.join(ATTACKS.names())}; default: the preset's (smoke: "
                            "badnets; cpu: badnets blend; paper: all)")
     grid.add_argument("--defenses", nargs="+", default=None,
-                      help=f"{' '.join(DEFENSES)}; default: the preset's (smoke: none F vab; "
+                      help=f"{' '.join(DEFENSES)}; default: the preset's (smoke: none vab; "
                            "cpu, paper: all six)")
     grid.add_argument("--datasets", nargs="+", default=None,
                       help=f"{' '.join(DATASETS.names())}; default: the preset's")

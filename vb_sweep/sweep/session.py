@@ -311,6 +311,7 @@ class SweepSession:
             recorder.complete_pending()
             if prepared is not None:
                 print(prepared.result(), flush=True)
+                recorder.started = time.monotonic()  # the estimate is of the trials' pace
             yield recorder
             status = recorder.invocation_status()
         except KeyboardInterrupt:

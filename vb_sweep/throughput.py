@@ -6,8 +6,8 @@ The bare model's rate is measured on random tensors at the batch sizes the stage
 time is the sum over its passes of images / bare rate, and the rest of its wall time (indexing,
 augmentation, mixing, bookkeeping) is overhead. The rates are measured again just before and
 just after each stage and averaged: a CPU's speed drifts over minutes (clock boost, other
-processes), and a rate taken once at the start read that drift as up to 29% "overhead" on a
-2-core machine where the stage's steps, interleaved with bare ones, ran within 4% of them.
+processes). Rates taken once at the start gave 12-29% "overhead" on a 2-core machine where the
+stage's steps, interleaved with bare ones, ran within 4% of them.
 """
 
 from __future__ import annotations

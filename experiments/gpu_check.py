@@ -40,7 +40,7 @@ from vb_sweep.artifacts import load_trial_data  # noqa: E402
 from vb_sweep.cache import ArtifactCache  # noqa: E402
 from vb_sweep.config import preset_config, scaled_schedule  # noqa: E402
 from vb_sweep.device import autocast_dtype, precision_name  # noqa: E402
-from vb_sweep.throughput import BareModel, stage_figures, timed  # noqa: E402
+from vb_sweep.throughput import EVAL, STEP, BareModel, stage_figures, timed  # noqa: E402
 from vb_sweep.trial import run_trial  # noqa: E402
 from vb_sweep.victim import updates_after_epochs  # noqa: E402
 
@@ -84,8 +84,8 @@ def bare_model_rates(config, device: str, batches, seconds: float) -> list[dict]
 
     model = place_model(build_model(config.model, 10), device)
     bare = BareModel(model, (3, 32, 32), device, autocast_dtype(config.amp, device), seconds)
-    return [{"batch": batch, "train_images_per_s": bare.rate(batch, True),
-             "eval_images_per_s": bare.rate(batch, False)} for batch in batches]
+    return [{"batch": batch, "train_images_per_s": bare.rate(batch, STEP),
+             "eval_images_per_s": bare.rate(batch, EVAL)} for batch in batches]
 
 
 # -- the short trial ----------------------------------------------------------------------------

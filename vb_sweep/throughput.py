@@ -39,24 +39,31 @@ def timed(fn, device: str) -> float:
     return time.perf_counter() - started
 
 
+# How a pass runs the model: a training step (forward, backward, SGD step); a no-grad forward in
+# eval mode; a no-grad forward in train mode, where BatchNorm computes (and keeps) the batch's
+# statistics, as the authors' code takes the Beneficiary's attention and pseudo-labels.
+STEP, EVAL, BATCH_STATS = "step", "eval", "batch-stats"
+PASS_MODES = (STEP, EVAL, BATCH_STATS)
+
+
 class BareModel:
-    """The bare model's images/s on random tensors (forward+backward+SGD step, or no-grad
-    forward), measured once per batch size and mode, and the model time of a stage's passes."""
+    """The bare model's images/s on random tensors in each pass mode, measured once per batch
+    size and mode (until measured afresh), and the model time of a stage's passes."""
 
     def __init__(self, model, shape, device: str, autocast_dtype, seconds: float = 2.0):
         self.model, self.shape, self.device = model, shape, device
         self.autocast_dtype, self.seconds = autocast_dtype, seconds
-        self.rates: dict[tuple[int, bool], float] = {}
+        self.rates: dict[tuple[int, str], float] = {}
 
-    def rate(self, batch_size: int, train: bool) -> float:
-        key = (max(1, batch_size), train)
+    def rate(self, batch_size: int, mode: str) -> float:
+        key = (max(1, batch_size), mode)
         if key not in self.rates:
             self.rates[key] = self._measure(*key)
         return self.rates[key]
 
     def model_seconds(self, passes) -> float:
-        """``passes``: (images, batch size, train) per kind of pass of a stage."""
-        return sum(images / self.rate(batch, train) for images, batch, train in passes if images)
+        """``passes``: (images, batch size, mode) per kind of pass of a stage."""
+        return sum(images / self.rate(batch, mode) for images, batch, mode in passes if images)
 
     def timed_stage(self, name: str, run, images: int, passes) -> dict:
         """``run`` timed, against the bare rates of its ``passes`` measured right before and
@@ -67,12 +74,14 @@ class BareModel:
         return stage_figure(name, seconds, images, (before + after) / 2)
 
     def fresh_model_seconds(self, passes) -> float:
-        for _, batch, train in passes:
-            self.rates.pop((max(1, batch), train), None)
+        for _, batch, mode in passes:
+            self.rates.pop((max(1, batch), mode), None)
         return self.model_seconds(passes)
 
-    def _measure(self, batch_size: int, train: bool) -> float:
-        model, dtype = self.model, self.autocast_dtype
+    def _measure(self, batch_size: int, mode: str) -> float:
+        if mode not in PASS_MODES:
+            raise ValueError(f"pass mode {mode!r} (allowed: {', '.join(PASS_MODES)})")
+        model, dtype, train = self.model, self.autocast_dtype, mode == STEP
         x = torch.randn(batch_size, *self.shape, device=self.device)
         y = torch.randint(0, 10, (batch_size,), device=self.device)
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -86,7 +95,7 @@ class BareModel:
                 loss.backward()
                 optimizer.step()
 
-        model.train(train)
+        model.train(mode != EVAL)
         for _ in range(3):
             step()
         count, elapsed = 0, 0.0
@@ -116,11 +125,11 @@ def stage_figures(config, data, device: str, bare_seconds: float = 2.0) -> dict:
     victim_step = step_settings(config, data, device, config.victim_batch_size, None)
     bare = BareModel(model, tuple(images.shape[1:]), device, step.autocast_dtype, bare_seconds)
     b = config.batch_size
-    bare_figures = {"train_batch": b, "train_images_per_s": bare.rate(b, True),
+    bare_figures = {"train_batch": b, "train_images_per_s": bare.rate(b, STEP),
                     "victim_batch": config.victim_batch_size,
-                    "victim_train_images_per_s": bare.rate(config.victim_batch_size, True),
+                    "victim_train_images_per_s": bare.rate(config.victim_batch_size, STEP),
                     "eval_batch": config.eval_batch_size,
-                    "eval_images_per_s": bare.rate(config.eval_batch_size, False)}
+                    "eval_images_per_s": bare.rate(config.eval_batch_size, EVAL)}
 
     everything = torch.arange(n, device=device)
     suspicious, credible = everything[: n // 5], everything[n // 5:]
@@ -134,21 +143,22 @@ def stage_figures(config, data, device: str, bare_seconds: float = 2.0) -> dict:
             prediction_entropy(logits)
 
     stages = [
-        bare.timed_stage("entropy pass", entropy_pass, n, [(n, config.eval_batch_size, False)]),
+        bare.timed_stage("entropy pass", entropy_pass, n, [(n, config.eval_batch_size, EVAL)]),
         bare.timed_stage("victim epoch",
                          lambda: plain_epoch(model, optimizer, images, labels, everything,
                                              victim_step),
-                         n, [(n, config.victim_batch_size, True)]),
+                         n, [(n, config.victim_batch_size, STEP)]),
         bare.timed_stage("plain epoch",
                          lambda: plain_epoch(model, optimizer, images, labels, everything, step),
-                         n, [(n, b, True)])]
+                         n, [(n, b, STEP)])]
     # Two views per credible image (SST adds K views of an unlabeled batch). In the authors'
-    # passes (the default) every view and half goes through the model on its own; "joint"
-    # forwards the whole step's batch at once and takes the attention in one no-grad pass.
+    # passes (the default) every view and half goes through the model on its own, the no-grad
+    # ones in train mode; "joint" forwards the whole step's batch at once and takes the
+    # attention in one eval-mode pass.
     views = 2 * m
     joint = config.batchnorm_passes == "joint"
-    mix_passes = ([(views, 2 * b, True), (views, 2 * b, False)] if joint
-                  else [(views, b, True), (views, b, False)])
+    mix_passes = ([(views, 2 * b, STEP), (views, 2 * b, EVAL)] if joint
+                  else [(views, b, STEP), (views, b, BATCH_STATS)])
     stages.append(bare.timed_stage(
         "attentionmix epoch",
         lambda: mix_epoch(model, optimizer, images, labels, credible, classes, step),
@@ -156,9 +166,9 @@ def stage_figures(config, data, device: str, bare_seconds: float = 2.0) -> dict:
     sst = SSTSettings(config.sst_augmentations, 0.5, None, True, True)
     _, u_batch = unlabeled_batch_size(m, u, b)
     k_views = config.sst_augmentations * u
-    sst_passes = ([(views + k_views, 2 * b + config.sst_augmentations * u_batch, True),
-                   (views, 2 * b, False)] if joint
-                  else [*mix_passes, (k_views, u_batch, True), (k_views, u_batch, False)])
+    sst_passes = ([(views + k_views, 2 * b + config.sst_augmentations * u_batch, STEP),
+                   (views, 2 * b, EVAL)] if joint
+                  else [*mix_passes, (k_views, u_batch, STEP), (k_views, u_batch, BATCH_STATS)])
     stages.append(bare.timed_stage(
         "sst epoch",
         lambda: sst_epoch(model, optimizer, images, labels, credible, suspicious, victim_soft,

@@ -374,3 +374,25 @@ def test_interrupted_study_trials_are_failed_and_requeued(tmp_path):
     assert study.trials[interrupted.number].state.name == "FAIL"
     again = study.ask(space)
     assert again.params == interrupted.params
+
+
+def test_preparation_progress_prints_at_most_one_line_every_30_seconds(capsys):
+    import torch
+
+    from vb_sweep.sweep.cluster import PreparationProgress
+    from vb_sweep.victim import VictimState
+
+    now = [0.0]
+    progress = PreparationProgress("badnets cifar10 seed 0", clock=lambda: now[0])
+    state = VictimState(torch.tensor([True, False, True]), torch.zeros(3))
+    progress.victim_split("victim", 1, state)          # 0 s since the start: quiet
+    now[0] = 31.0
+    progress.victim_split("victim", 2, state)
+    now[0] = 40.0
+    progress.mix_epoch({"epoch": 1, "stage": "mix", "loss": 1.5}, 10)  # 9 s later: quiet
+    now[0] = 75.0
+    progress.mix_epoch({"epoch": 0, "stage": "victim", "loss": None}, 10)  # not a mix epoch
+    progress.mix_epoch({"epoch": 2, "stage": "mix", "loss": 1.25}, 10)
+    assert capsys.readouterr().out.splitlines() == [
+        "[prepare] badnets cifar10 seed 0: Victim split after epoch 2 (victim): 2 suspicious",
+        "[prepare] badnets cifar10 seed 0: mix stage epoch 2/10, loss 1.250"]

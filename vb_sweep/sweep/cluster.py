@@ -180,10 +180,40 @@ def _prepare(kind: str, values: dict, cache_dir: str, threads: int = 1) -> bool:
     from vb_sweep.cache import ArtifactCache
 
     torch.set_num_threads(threads)
-    prepare = {"poison": artifacts.prepare_poisoned_set, "victim": artifacts.prepare_victim,
-               "mix_stage": artifacts.prepare_mix_stage}[kind]
-    _, cached = prepare(TrialConfig.from_dict(values), ArtifactCache(cache_dir))
+    config, cache = TrialConfig.from_dict(values), ArtifactCache(cache_dir)
+    progress = PreparationProgress(f"{config.attack} {config.dataset} seed {config.seed}")
+    if kind == "victim":
+        _, cached = artifacts.prepare_victim(config, cache, on_split=progress.victim_split)
+    elif kind == "mix_stage":
+        _, cached = artifacts.prepare_mix_stage(
+            config, cache, on_epoch=lambda record: progress.mix_epoch(record, config.mix_epochs))
+    else:
+        _, cached = artifacts.prepare_poisoned_set(config, cache)
     return bool(cached)
+
+
+class PreparationProgress:
+    """A line on the worker's stdout (Ray shows it on the driver's console) while a Victim or a
+    mix stage trains, at most one every ``every_s`` seconds: at cpu scale the preparation takes
+    most of an hour, at smoke scale a minute or two."""
+
+    def __init__(self, label: str, every_s: float = 30.0, clock=time.monotonic):
+        self.label, self.every_s, self.clock = label, every_s, clock
+        self.last = clock()
+
+    def victim_split(self, stage: str, epoch: int, state) -> None:
+        suspicious = int(state.suspicious.sum())
+        self.say(f"Victim split after epoch {epoch} ({stage}): {suspicious} suspicious")
+
+    def mix_epoch(self, record: dict, mix_epochs: int) -> None:
+        if record.get("stage") != "mix":
+            return
+        self.say(f"mix stage epoch {record['epoch']}/{mix_epochs}, loss {record['loss']:.3f}")
+
+    def say(self, text: str) -> None:
+        if self.clock() - self.last >= self.every_s:
+            print(f"[prepare] {self.label}: {text}", flush=True)
+            self.last = self.clock()
 
 
 def prepare_artifacts(configs: list[TrialConfig], cache_dir: str, resources: Resources,

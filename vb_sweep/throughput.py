@@ -55,8 +55,12 @@ class BareModel:
         self.autocast_dtype, self.seconds = autocast_dtype, seconds
         self.rates: dict[tuple[int, str], float] = {}
 
+    @staticmethod
+    def key(batch_size: int, mode: str) -> tuple[int, str]:
+        return max(1, batch_size), mode
+
     def rate(self, batch_size: int, mode: str) -> float:
-        key = (max(1, batch_size), mode)
+        key = self.key(batch_size, mode)
         if key not in self.rates:
             self.rates[key] = self._measure(*key)
         return self.rates[key]
@@ -75,7 +79,7 @@ class BareModel:
 
     def fresh_model_seconds(self, passes) -> float:
         for _, batch, mode in passes:
-            self.rates.pop((max(1, batch), mode), None)
+            self.rates.pop(self.key(batch, mode), None)
         return self.model_seconds(passes)
 
     def _measure(self, batch_size: int, mode: str) -> float:

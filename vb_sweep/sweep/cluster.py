@@ -211,9 +211,10 @@ class PreparationProgress:
         self.say(f"mix stage epoch {record['epoch']}/{mix_epochs}, loss {record['loss']:.3f}")
 
     def say(self, text: str) -> None:
-        if self.clock() - self.last >= self.every_s:
+        now = self.clock()
+        if now - self.last >= self.every_s:
             print(f"[prepare] {self.label}: {text}", flush=True)
-            self.last = self.clock()
+            self.last = now
 
 
 def prepare_artifacts(configs: list[TrialConfig], cache_dir: str, resources: Resources,

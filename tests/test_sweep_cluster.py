@@ -235,6 +235,34 @@ def test_a_killed_drivers_local_cluster_leaves_no_process(background_script, tmp
                "every process of the killed driver's cluster gone", timeout_s=60)
 
 
+@pytest.mark.slow  # about a minute: it waits for the smoke Victim's first progress line
+def test_ctrl_c_during_the_preparation_ends_the_invocation_killed(background_script, tmp_path):
+    """SIGINT to the driver's process group (a terminal's Ctrl-C) while the smoke preparation
+    trains its Victim on the cluster: the driver exits promptly with one line and status 130,
+    the MLflow parent run is KILLED, and no trial row is written."""
+    import signal
+    import time
+
+    from conftest import signal_group, wait_until
+
+    out, log = tmp_path / "out", tmp_path / "driver.log"
+    driver = background_script("ablation.py", "--preset", "smoke", "--out", str(out), log=log)
+    wait_until(lambda: "[prepare]" in log.read_text(), "a preparation progress line",
+               processes=[driver])
+    signal_group(driver, signal.SIGINT)
+    interrupted = time.monotonic()
+    driver.wait(timeout=60)
+    text = log.read_text()
+    assert driver.returncode == 130, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    assert text.rstrip().endswith("ablation.py: interrupted; finished trials are kept, "
+                                  "--resume continues the sweep")
+    assert time.monotonic() - interrupted < 60
+    parents, trials = trial_runs(MlflowClient(f"sqlite:///{out / 'mlflow.db'}"), "ablation-smoke")
+    assert [run.info.status for run in parents] == ["KILLED"] and not trials
+    assert not list((out / "trials").glob("*.parquet"))
+
+
 def test_vb_sweep_search_names_its_objectives_and_ties_trials_to_rows(ray_cluster, tmp_path):
     """`vb-sweep search` (the installed command) on tiny trials: the study's objectives are
     named, and each study trial names its row (trial_id), MLflow run and status."""

@@ -30,7 +30,7 @@ import sys
 
 from vb_sweep.attacks import ATTACKS
 from vb_sweep.commands.options import (OneLineErrorParser, add_sweep_options, data_root, fail,
-                                       session_options)
+                                       interrupted, session_options)
 from vb_sweep.config import DEFENSES
 from vb_sweep.data.registry import DATASETS
 from vb_sweep.errors import ConfigError
@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         return run_and_report(session, configs, todo, args.report_epoch)
     except ConfigError as err:  # a worker's, from the preparation, ends the invocation FAILED
         return fail(prog, err)
+    except KeyboardInterrupt:
+        return interrupted(prog)
 
 
 def run_and_report(session: SweepSession, configs, todo, epoch: str = "last") -> int:

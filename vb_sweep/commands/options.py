@@ -29,6 +29,14 @@ def fail(prog: str, err: ConfigError) -> int:
     return 2
 
 
+def interrupted(prog: str) -> int:
+    """Ctrl-C: the invocation is already marked KILLED and Ray is shut down; one line, not a
+    traceback, and the shell's status for SIGINT."""
+    print(f"{prog}: interrupted; finished trials are kept, --resume continues the sweep",
+          file=sys.stderr, flush=True)
+    return 130
+
+
 def add_sweep_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="smoke",
                         help="smoke (generated data, tiny network, minutes on a laptop) | cpu "

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from vb_sweep.attacks import ATTACKS
 from vb_sweep.commands.options import (OneLineErrorParser, add_sweep_options, data_root, fail,
-                                       session_options)
+                                       interrupted, session_options)
 from vb_sweep.config import (DEFENSES, merge_overrides, parse_overrides, preset_config,
                              scaled_schedule)
 from vb_sweep.errors import ConfigError, check_fraction
@@ -228,6 +228,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         return search(session, study, storage, base, ranges, args)
     except ConfigError as err:  # a worker's, from the preparation, ends the invocation FAILED
         return fail(prog, err)
+    except KeyboardInterrupt:
+        return interrupted(prog)
 
 
 def search(session: SweepSession, study, storage, base, ranges, args) -> int:

@@ -3,19 +3,23 @@ initialisation, the reported best epoch, and cache keys that cover the precision
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 import torch
 from torch import nn
 
 import vb_sweep.device
-from vb_sweep.artifacts import load_trial_data, new_network, prepare_victim
+from vb_sweep.artifacts import load_trial_data, new_network, prepare_victim, victim_cache_parts
 from vb_sweep.augment import Normalizer
-from vb_sweep.cache import ArtifactCache
+from vb_sweep.cache import ArtifactCache, cache_key
 from vb_sweep.config import preset_config, scaled_schedule
 from vb_sweep.engine import StepSettings, mix_epoch
+from vb_sweep.errors import ConfigError
 from vb_sweep.models import build_model
 from vb_sweep.models.base import FeatureClassifier
-from vb_sweep.trial import best_epoch
+from vb_sweep.trial import best_epoch, trial_id_for
 
 TINY = dict(train_per_class=12, test_per_class=6, warm_up=2, eval_batch_size=256,
             batch_size=32, victim_batch_size=32, **scaled_schedule(4))
@@ -91,6 +95,32 @@ def test_victim_and_beneficiary_start_from_different_weights_and_repeat_by_seed(
     again = weights("beneficiary")
     assert all(torch.equal(beneficiary[name], again[name]) for name in beneficiary)
     assert not torch.equal(weights("beneficiary", seed=1)[convs[0]], beneficiary[convs[0]])
+
+
+def test_victim_model_chooses_the_victims_network_and_keys_its_trajectory(tmp_path):
+    """The authors' Victim is a ResNet-18 whatever the Beneficiary: `victim_model` gives it its
+    own network (drawn first, as ever), and its trajectory is keyed by that network. Unset, it
+    leaves the trial id as it was before the field existed (a --resume finds those trials)."""
+    own = preset_config("smoke", **TINY).validate()
+    resnet = own.replace(victim_model="resnet18").validate()
+    data = load_trial_data(own)
+    torch.manual_seed(0)
+    for role, network in (("victim", "resnet18"), ("beneficiary", "tiny_cnn")):
+        assert type(new_network(resnet, data, role, "cpu")) is type(build_model(network, 10))
+    assert own.victim_network == "tiny_cnn" and resnet.victim_network == "resnet18"
+
+    def victim_key(config):
+        return cache_key("victim", victim_cache_parts(config, data, "cpu"))
+
+    assert victim_key(resnet) != victim_key(own)
+    assert victim_key(own.replace(victim_model="tiny_cnn")) == victim_key(own)
+    assert trial_id_for(resnet) != trial_id_for(own)
+    before = {k: v for k, v in own.to_dict().items() if k != "victim_model"}
+    digest = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
+    assert trial_id_for(own).endswith(digest[:8])
+    assert preset_config("paper").victim_network == "resnet18"
+    with pytest.raises(ConfigError, match="victim_model"):
+        own.replace(victim_model="vgg").validate()
 
 
 @pytest.mark.parametrize("name", ["resnet18", "preact_resnet18"])

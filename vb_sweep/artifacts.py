@@ -92,8 +92,9 @@ def new_network(config: TrialConfig, data: DatasetSplits, role: str, device: str
     """The Victim's or the Beneficiary's network, drawn as the authors' code draws them: from
     the trial's seed, one after the other, the Victim first, so the two never share weights.
     Call it right after ``seed_everything(config.seed)``; training continues that stream."""
-    for _ in range(NETWORK_ORDER.index(role) + 1):
-        model = build_model(config.model, data.train.num_classes)
+    architectures = {"victim": config.victim_network, "beneficiary": config.model}
+    for drawn in NETWORK_ORDER[:NETWORK_ORDER.index(role) + 1]:
+        model = build_model(architectures[drawn], data.train.num_classes)
     return place_model(model, device)
 
 
@@ -137,7 +138,7 @@ VICTIM_FIELDS = ("model", "t_f", "seed", "victim_lr", "victim_weight_decay", "vi
 
 
 def victim_cache_parts(config: TrialConfig, data: DatasetSplits, device: str) -> dict:
-    values = config.to_dict()
+    values = {**config.to_dict(), "model": config.victim_network}  # the Victim's own network
     return {"poison": poison_cache_parts(config, data), "version": VICTIM_ARTIFACT_VERSION,
             **numerics(config, device), **{name: values[name] for name in VICTIM_FIELDS}}
 

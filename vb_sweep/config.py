@@ -84,6 +84,7 @@ class TrialConfig:
     crop_padding: int = 4
     horizontal_flip: bool | None = None    # None: on, except for gtsrb (mirror-image classes)
     # -- Victim (METHOD.md section 1) ------------------------------------------------------
+    victim_model: str | None = None        # None: the Beneficiary's model (the authors': resnet18)
     victim_lr: float = 1e-3
     victim_weight_decay: float = 5e-4
     victim_batch_size: int = 128
@@ -118,6 +119,13 @@ class TrialConfig:
             return self.horizontal_flip
         return self.dataset != "gtsrb"
 
+    @property
+    def victim_network(self) -> str:
+        """The Victim's architecture. The authors' Victim is a ResNet-18 whatever the
+        Beneficiary's (METHOD.md section 9); the smoke and cpu presets give it the Beneficiary's
+        small network, which a CPU trains in minutes."""
+        return self.victim_model or self.model
+
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
@@ -149,6 +157,8 @@ class TrialConfig:
         check_choice("dataset", self.dataset, DATASETS.names())
         check_device(self.device)
         check_choice("model", self.model, MODELS.names())
+        if self.victim_model is not None:
+            check_choice("victim_model", self.victim_model, MODELS.names())
         check_choice("attack", self.attack, ATTACKS.names())
         attack_cls = ATTACKS.get(self.attack)
         check_choice("attack_preset", self.attack_preset, attack_cls.presets)
@@ -267,7 +277,8 @@ PRESET_VALUES: dict[str, dict[str, Any]] = {
     "cpu": {"dataset": "cifar10", "model": "small_cnn", "train_per_class": 2000,
             "test_per_class": 500, **scaled_schedule(20)},
     # Full CIFAR-10, ResNet-18, the full schedule.
-    "paper": {"dataset": "cifar10", "model": "resnet18", **scaled_schedule(200)},
+    "paper": {"dataset": "cifar10", "model": "resnet18", "victim_model": "resnet18",
+              **scaled_schedule(200)},
 }
 
 

@@ -118,7 +118,9 @@ def stage_figure(name: str, seconds: float, images: int, model_seconds: float) -
 
 def stage_figures(config, data, device: str, bare_seconds: float = 2.0) -> dict:
     """Every stage's throughput and overhead in the config's precision, on the config's data
-    poisoned by its attack: {"bare": {...}, "stages": [stage_figure, ...]}."""
+    poisoned by its attack: {"bare": {...}, "stages": [stage_figure, ...]}. Every stage runs
+    the Beneficiary's network, the Victim epoch too: it measures the engine's overhead, not
+    what a Victim of another ``victim_model`` costs."""
     attack = build_attack(config.attack, target=config.target, seed=config.seed)
     poisoned = attack.poison_train(data.train)
     images, labels = poisoned.images.to(device), poisoned.labels.to(device)

@@ -45,8 +45,15 @@ class TrialResult:
 
 
 # -- the trial ----------------------------------------------------------------------------------
+# Fields added after sweeps were run, left out of the trial id while unset, so that a --resume
+# of such a sweep still finds its finished trials.
+ID_FIELDS_WHEN_SET = ("victim_model",)
+
+
 def trial_id_for(config: TrialConfig) -> str:
-    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
+    values = {name: value for name, value in config.to_dict().items()
+              if value is not None or name not in ID_FIELDS_WHEN_SET}
+    digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
     return f"{config.attack}-{config.defense.replace('+', '_')}-s{config.seed}-{digest[:8]}"
 
 

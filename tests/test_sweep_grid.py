@@ -28,6 +28,7 @@ def test_smoke_defaults_are_badnets_none_vab_by_one_seed():
     assert {c.seed for c in configs} == {0}
     cpu = build_grid(GridOptions(preset="cpu", attacks=["badnets"]))
     assert [c.defense for c in cpu] == list(DEFENSES)
+    assert {c.resplit_every for c in cpu} == {5}
 
 
 def test_trials_start_longest_variant_first():

@@ -97,7 +97,7 @@ def test_victim_and_beneficiary_start_from_different_weights_and_repeat_by_seed(
     assert not torch.equal(weights("beneficiary", seed=1)[convs[0]], beneficiary[convs[0]])
 
 
-def test_victim_model_chooses_the_victims_network_and_keys_its_trajectory(tmp_path):
+def test_victim_model_chooses_the_victims_network_and_keys_its_trajectory():
     """The authors' Victim is a ResNet-18 whatever the Beneficiary: `victim_model` gives it its
     own network (drawn first, as ever), and its trajectory is keyed by that network. Unset, it
     leaves the trial id as it was before the field existed (a --resume finds those trials)."""

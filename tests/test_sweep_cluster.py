@@ -241,7 +241,6 @@ def test_ctrl_c_during_the_preparation_ends_the_invocation_killed(background_scr
     trains its Victim on the cluster: the driver exits promptly with one line and status 130,
     the MLflow parent run is KILLED, and no trial row is written."""
     import signal
-    import time
 
     from conftest import signal_group, wait_until
 
@@ -250,14 +249,12 @@ def test_ctrl_c_during_the_preparation_ends_the_invocation_killed(background_scr
     wait_until(lambda: "[prepare]" in log.read_text(), "a preparation progress line",
                processes=[driver])
     signal_group(driver, signal.SIGINT)
-    interrupted = time.monotonic()
-    driver.wait(timeout=60)
+    driver.wait(timeout=60)  # promptly: raises TimeoutExpired otherwise
     text = log.read_text()
     assert driver.returncode == 130, text[-3000:]
     assert "Traceback" not in text, text[-3000:]
     assert text.rstrip().endswith("ablation.py: interrupted; finished trials are kept, "
                                   "--resume continues the sweep")
-    assert time.monotonic() - interrupted < 60
     parents, trials = trial_runs(MlflowClient(f"sqlite:///{out / 'mlflow.db'}"), "ablation-smoke")
     assert [run.info.status for run in parents] == ["KILLED"] and not trials
     assert not list((out / "trials").glob("*.parquet"))

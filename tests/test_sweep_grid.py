@@ -29,6 +29,8 @@ def test_smoke_defaults_are_badnets_none_vab_by_one_seed():
     cpu = build_grid(GridOptions(preset="cpu", attacks=["badnets"]))
     assert [c.defense for c in cpu] == list(DEFENSES)
     assert {c.resplit_every for c in cpu} == {5}
+    longer = build_grid(GridOptions(preset="cpu", attacks=["badnets"], epochs=40))
+    assert {(c.mix_epochs, c.resplit_every) for c in longer} == {(20, 5)}  # not scaled to 1
 
 
 def test_trials_start_longest_variant_first():

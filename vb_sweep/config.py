@@ -237,17 +237,16 @@ def check_device_present(device: str) -> None:
 def scaled_schedule(epochs: int) -> dict[str, Any]:
     """The METHOD.md schedule (200 epochs) scaled to ``epochs``, keeping the stage proportions:
     LR milestones at 1/4, 1/2, 3/4, the mix stage in the first half, lambda_u's switch at 3/4.
-    The Victim re-splits every 5th epoch of the mix stage at any length, the authors' period:
-    scaled to the length, the period rounds to 1 below 60 epochs, a re-split after every epoch
-    (on the cpu preset's BadNets that changes nothing the filter decides and costs 8 more Victim
-    epochs; see the cpu preset)."""
+    The Victim's re-split period is not scaled: it stays ``resplit_every`` (the authors' every
+    5th mix epoch) at any length. Scaled, it would round to 1 below 60 epochs, a re-split after
+    every epoch (on the cpu preset's BadNets that changes nothing the filter decides and costs 8
+    more Victim epochs; see the cpu preset)."""
     quarter = max(1, round(epochs / 4))
     return {
         "epochs": epochs,
         "mix_epochs": epochs // 2,
         "lr_milestones": (quarter, epochs // 2, epochs - quarter),
         "lambda_u_switch": epochs - quarter,
-        "resplit_every": 5,
     }
 
 

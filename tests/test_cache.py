@@ -132,3 +132,23 @@ def test_an_unpicklable_artifact_leaves_no_temp_file(tmp_path):
     with pytest.raises(Exception):
         cache.get_or_build("poison", PARTS, lambda: {"fn": lambda: None})
     assert not cache.contains("poison", PARTS) and leftovers(tmp_path) == []
+
+
+def test_progress_is_read_back_and_goes_when_the_artifact_is_written(tmp_path):
+    cache = ArtifactCache(tmp_path)
+    assert cache.read_progress("mix_stage", PARTS) is None
+    cache.write_progress("mix_stage", PARTS, {"epoch": 3})
+    assert cache.read_progress("mix_stage", PARTS) == {"epoch": 3}
+    assert not cache.contains("mix_stage", PARTS)  # progress is not the artifact
+    cache.get_or_build("mix_stage", PARTS, lambda: {"epoch": 10})
+    assert cache.read_progress("mix_stage", PARTS) is None
+    assert [path.name for path in tmp_path.iterdir() if not path.name.startswith(".")] == [
+        f"{cache_key('mix_stage', PARTS)}.pt"]
+
+
+def test_unreadable_progress_is_moved_aside_and_ignored(tmp_path):
+    cache = ArtifactCache(tmp_path)
+    cache.progress_path("mix_stage", PARTS).write_bytes(b"half a file")
+    assert cache.read_progress("mix_stage", PARTS) is None
+    assert not cache.progress_path("mix_stage", PARTS).exists()
+    assert any(".unreadable-" in path.name for path in tmp_path.iterdir())

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from vb_sweep.artifacts import load_trial_data, mix_stage_cache_parts, prepare_mix_stage
 from vb_sweep.cache import ArtifactCache
 from vb_sweep.cli import main
 from vb_sweep.config import preset_config, scaled_schedule
@@ -185,6 +186,40 @@ def test_progress_sees_every_epoch_of_a_cached_mix_stage(tmp_path):
     seen = []
     run_trial(tiny_config(defense="vab"), cache=cache, on_epoch=seen.append)
     assert [record["epoch"] for record in seen] == [0, 1, 2, 3, 4]
+
+
+class Killed(Exception):
+    """Stands for the process dying in the middle of an epoch."""
+
+
+def test_a_killed_mix_stage_resumes_after_its_last_finished_epoch(tmp_path):
+    config, cache = tiny_config(defense="vab"), ArtifactCache(tmp_path / "cache")
+    finished = []
+
+    def die_in_epoch_2(record):
+        if record["epoch"] == 2:  # before epoch 2's progress is kept
+            raise Killed
+        finished.append(record)
+
+    with pytest.raises(Killed):
+        prepare_mix_stage(config, cache, on_epoch=die_in_epoch_2)
+    progress = cache.progress_path("mix_stage", mix_stage_cache_parts(
+        config, load_trial_data(config), "cpu"))
+    assert progress.exists()
+
+    seen = []
+    resumed, cached = prepare_mix_stage(config, cache, on_epoch=seen.append)
+    assert cached is False and not progress.exists()
+    assert [record["epoch"] for record in seen] == [0, 1, 2]
+    assert seen[:2] == finished  # epoch 1 as it was (its timing too): not trained again
+
+    alone, _ = prepare_mix_stage(config, ArtifactCache(tmp_path / "alone"))
+    assert resumed["model"].keys() == alone["model"].keys()
+    assert all(torch.equal(resumed["model"][name], alone["model"][name])
+               for name in alone["model"])
+    drop = ("seconds", "images_per_s")
+    assert ([{k: v for k, v in r.items() if k not in drop} for r in resumed["history"]]
+            == [{k: v for k, v in r.items() if k not in drop} for r in alone["history"]])
 
 
 class Silent:

@@ -196,7 +196,9 @@ def prepare_mix_stage(config: TrialConfig, cache: ArtifactCache, device: str | N
                       on_epoch: Callable[[dict], None] | None = None) -> tuple[dict, bool]:
     """The Beneficiary's state after the mix stage (a checkpoint of ``run_beneficiary``: model,
     optimizer, random state and the history of epochs 0..mix_epochs), trained on a miss.
-    ``on_epoch`` sees every history record of the stage, trained now or read from the cache."""
+    ``on_epoch`` sees every history record of the stage, trained now or read from the cache.
+    The training keeps its latest epoch as the cache's progress, so a killed build resumes
+    after the last finished epoch (at cpu scale the stage takes most of an hour)."""
     device = resolve_device(config.device if device is None else device)
     data = load_trial_data(config)
     parts = mix_stage_cache_parts(config, data, device)
@@ -205,17 +207,24 @@ def prepare_mix_stage(config: TrialConfig, cache: ArtifactCache, device: str | N
     def build() -> dict:
         poison, _ = prepare_poisoned_set(config, cache, device)
         trajectory, _ = prepare_victim(config, cache, device)
-        states = []
+        resumed = cache.read_progress("mix_stage", parts)
+        states = [] if resumed is None else [resumed]
 
         def emit(record: dict) -> None:
             emitted.append(record)
             if on_epoch:
                 on_epoch(record)
 
+        def keep(state: dict) -> None:
+            states.append(state)
+            cache.write_progress("mix_stage", parts, state)
+
+        for record in [] if resumed is None else resumed["history"]:
+            emit(record)
         # The last checkpoint's tensors are the model's own: nothing trains after it.
         train_beneficiary(config.replace(defense=MIX_STAGE_VARIANT), data, poison, trajectory,
                           device, last_epoch=config.mix_epochs, on_epoch=emit,
-                          save_checkpoint=states.append)
+                          checkpoint=resumed, save_checkpoint=keep)
         return states[-1]
 
     cached = cache.contains("mix_stage", parts)

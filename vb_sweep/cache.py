@@ -13,6 +13,10 @@ project's own artifact dataclasses (``register_artifact_type``), nothing that ca
 file that fails either (truncated, bit-flipped, or crafted to run code) is moved aside as
 ``KEY.pt.unreadable-TIME``, named in a one-line warning, and built again. Tune checkpoints use the
 same format.
+
+A long build may keep its progress beside the artifact (``write_progress``: ``KEY.partial.pt``,
+written atomically after each finished step) and read it back when it starts (``read_progress``),
+so a builder killed mid-way resumes where it stopped; the file goes once the artifact is written.
 """
 
 from __future__ import annotations
@@ -94,6 +98,20 @@ class ArtifactCache:
     def path(self, key: str) -> Path:
         return self.root / f"{key}.pt"
 
+    def progress_path(self, kind: str, parts: dict[str, Any]) -> Path:
+        return self._progress_file(cache_key(kind, parts))
+
+    def _progress_file(self, key: str) -> Path:
+        return self.root / f"{key}.partial.pt"
+
+    def read_progress(self, kind: str, parts: dict[str, Any]):
+        """What the last builder of this artifact saved of its progress, or None."""
+        found = self._read(self.progress_path(kind, parts))
+        return None if found is UNREADABLE else found
+
+    def write_progress(self, kind: str, parts: dict[str, Any], progress) -> None:
+        self._write_atomically(self.progress_path(kind, parts), progress)
+
     def get_or_build(self, kind: str, parts: dict[str, Any], build: Callable[[], T]) -> T:
         key = cache_key(kind, parts)
         target = self.path(key)
@@ -106,6 +124,7 @@ class ArtifactCache:
                 return found
             artifact = build()
             self._write_atomically(target, artifact)
+            self._progress_file(key).unlink(missing_ok=True)
             self.builds.append(key)
             return artifact
 

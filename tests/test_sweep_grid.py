@@ -38,8 +38,10 @@ def test_trials_start_longest_variant_first():
 
     configs = build_grid(GridOptions(attacks=["badnets", "blend"], defenses=list(DEFENSES)))
     order = [(c.defense, c.attack) for c in longest_first(configs)]
-    assert order[:3] == [("vab", "badnets"), ("vab", "blend"), ("F+AT+SST+S", "badnets")]
-    assert order[-2:] == [("none", "badnets"), ("none", "blend")]
+    assert order[:3] == [("F+AT+SST+S", "badnets"), ("F+AT+SST+S", "blend"),
+                         ("F+AT+SST", "badnets")]
+    assert [defense for defense, _ in order[4:8]] == ["none", "none", "vab", "vab"]
+    assert order[-2:] == [("F", "badnets"), ("F", "blend")]
 
 
 def test_every_axis_multiplies_the_grid_and_overrides_reach_every_cell():

@@ -219,8 +219,9 @@ def prepare_mix_stage(config: TrialConfig, cache: ArtifactCache, device: str | N
             states.append(state)
             cache.write_progress("mix_stage", parts, state)
 
-        for record in [] if resumed is None else resumed["history"]:
-            emit(record)
+        if resumed is not None:  # the epochs a killed build finished, told as they were
+            for record in resumed["history"]:
+                emit(record)
         # The last checkpoint's tensors are the model's own: nothing trains after it.
         train_beneficiary(config.replace(defense=MIX_STAGE_VARIANT), data, poison, trajectory,
                           device, last_epoch=config.mix_epochs, on_epoch=emit,

@@ -261,11 +261,9 @@ PRESET_VALUES: dict[str, dict[str, Any]] = {
     # - t_m 0.5 (the method's default is 0.1): the tiny network's attention comes from an 8x8
     #   map, so at 0.1 the mask covers about half of each image, and the Beneficiary, which then
     #   learns from two half-blended objects, stays under-trained at this length (BadNets vab
-    #   BA 0.81 against 0.96 without defense; Blend vab collapses to the target class, BA 0.10).
-    #   At 0.5 the vab BA is 0.91 for BadNets and 0.79 for Blend; at 0.7 F+AT keeps 0.98 and
-    #   0.97 but no longer touches Blend (ASR 0.96). (Those figures predate the authors'
-    #   BatchNorm passes and separate initialisations; with them BadNets vab is 0.934 / 0.000
-    #   against 0.988 / 0.969 without defense, and the rest await re-measurement.)
+    #   BA 0.79 against 0.99 without defense; Blend vab collapses to the target class, BA 0.10).
+    #   At 0.5 BadNets vab is 0.934 / 0.000 against 0.988 / 0.969 without defense; at 0.7 F+AT
+    #   keeps 0.99 (BadNets) and 0.98 (Blend) but no longer touches Blend (ASR 0.97).
     # - The Victim re-splits every 5th epoch of the mix stage, the authors' period (scaled to 16
     #   epochs it would round to 1, a re-split after each of the 8 mix epochs).
     #   Seed 0, BadNets vab: 0.936 / 0.000 with it, 0.934 / 0.000 with a re-split every epoch;

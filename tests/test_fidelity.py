@@ -142,8 +142,11 @@ def test_best_epoch_is_the_highest_ba_epoch_with_its_asr():
 
 
 def test_a_victim_cached_in_one_precision_is_not_returned_for_the_other(tmp_path, monkeypatch):
+    """Pins the CPU's bf16 support both ways, so the test means the same on a CPU with native
+    bf16 (where an unpinned first call would already compute in bf16) and on one without."""
     cache = ArtifactCache(tmp_path / "cache")
     config = preset_config("smoke", **TINY, defense="vab").validate()
+    monkeypatch.setattr(vb_sweep.device, "cpu_has_native_bf16", lambda: False)  # fp32
     fp32, cached = prepare_victim(config, cache, "cpu")
     assert cached is False
     monkeypatch.setattr(vb_sweep.device, "cpu_has_native_bf16", lambda: True)  # bf16 now
@@ -152,7 +155,7 @@ def test_a_victim_cached_in_one_precision_is_not_returned_for_the_other(tmp_path
     assert len([key for key in cache.builds if key.startswith("victim-")]) == 2
     _, cached = prepare_victim(config, cache, "cpu")
     assert cached is True
-    monkeypatch.undo()
+    monkeypatch.setattr(vb_sweep.device, "cpu_has_native_bf16", lambda: False)  # fp32 again
     _, cached = prepare_victim(config, cache, "cpu")
     assert cached is True
     assert len([key for key in cache.builds if key.startswith("victim-")]) == 2

@@ -89,8 +89,8 @@ def add_trial_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--poison-rate", type=float, default=None,
                         help="a fraction in [0, 1] (default: the attack's rate, METHOD.md)")
     parser.add_argument("--t-f", type=float, default=None,
-                        help="filtering threshold in [0, 1]: the share of lowest-entropy "
-                             "samples held out as suspicious (default 0.1)")
+                        help="filtering threshold in [0, 1]: samples whose min-max normalised "
+                             "entropy is below it are held out as suspicious (default 0.2)")
     parser.add_argument("--t-m", type=float, default=None,
                         help="mixing threshold in [0, 1] of AttentionMix's mask "
                              "(default: the preset's)")

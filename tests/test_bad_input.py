@@ -43,6 +43,7 @@ SWEEP_CASES = [
     (["--set", "seed=-1"], "seed"),
     (["--set", "target=10"], "target"),
     (["--set", "batchnorm_passes=eval"], "batchnorm_passes"),
+    (["--set", "min_unlabeled_batch=0"], "min_unlabeled_batch"),
     (["--gpus", "1"], "--gpus"),
     (["--cpus", "0"], "--cpus"),
     (["--cpus", "100000"], "--cpus"),

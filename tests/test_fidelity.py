@@ -15,7 +15,7 @@ from vb_sweep.artifacts import load_trial_data, new_network, prepare_victim, vic
 from vb_sweep.augment import Normalizer
 from vb_sweep.cache import ArtifactCache, cache_key
 from vb_sweep.config import preset_config, scaled_schedule
-from vb_sweep.engine import StepSettings, mix_epoch
+from vb_sweep.engine import SSTSettings, StepSettings, mix_epoch, sst_epoch
 from vb_sweep.errors import ConfigError
 from vb_sweep.models import build_model
 from vb_sweep.models.base import FeatureClassifier
@@ -79,6 +79,31 @@ def test_batchnorm_running_statistics_see_the_clean_views_by_default():
     joint_gap = (joint.bn.running_var - clean_var).abs()
     assert (authors_gap < 0.6 * joint_gap).all(), (model.bn.running_var, joint.bn.running_var,
                                                    clean_var)
+
+
+def sst_batch_sizes(min_unlabeled_batch: int) -> list[int]:
+    """The batch sizes BatchNorm sees in train mode during one SST epoch of 64 labeled images
+    (4 steps) and a Ds of 3, the size a tiny Ds gives at any scale (1 image a step)."""
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (67, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (67,))
+    normalize = Normalizer(torch.full((3,), 0.5), torch.full((3,), 0.25), "cpu")
+    settings = StepSettings(normalize, batch_size=16, padding=None, t_m=0.1)
+    sst = SSTSettings(views=2, lambda_u=0.5, sharpen_temperature=None, suppress_unlabeled=False,
+                      suppress_labeled=False, min_unlabeled_batch=min_unlabeled_batch)
+    model = InputNormNet()
+    sst_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), images, labels,
+              torch.arange(64), torch.arange(64, 67), None, 10, settings, sst)
+    return [batch.shape[0] for batch in model.seen]
+
+
+def test_a_tiny_ds_never_reaches_batchnorm_one_image_at_a_time():
+    authors = sst_batch_sizes(min_unlabeled_batch=1)
+    # Each step: 2 pseudo-label passes, 2 attention passes, 2 mixed halves, 2 unlabeled views.
+    assert len(authors) == 4 * 8 and authors.count(1) == 4 * 4
+    floored = sst_batch_sizes(min_unlabeled_batch=8)
+    assert len(floored) == 4 * 8 and 1 not in floored
+    assert floored.count(3) == 4 * 4  # all of Ds (smaller than the floor) in every step
 
 
 def test_victim_and_beneficiary_start_from_different_weights_and_repeat_by_seed():

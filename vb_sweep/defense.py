@@ -99,7 +99,7 @@ def train_one_epoch(config, epoch, model, optimizer, data: BeneficiaryData,
     flags = config.flags
     sst = SSTSettings(config.sst_augmentations, lambda_u(config, epoch),
                       config.sharpen_temperature, flags.suppress_unlabeled,
-                      flags.suppress_labeled)
+                      flags.suppress_labeled, config.min_unlabeled_batch)
     victim_soft = None
     if flags.suppress_unlabeled or flags.suppress_labeled:
         victim_soft = state.tempered_softmax.to(data.labels.device)

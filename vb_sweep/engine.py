@@ -152,6 +152,7 @@ class SSTSettings:
     sharpen_temperature: float | None
     suppress_unlabeled: bool
     suppress_labeled: bool
+    min_unlabeled_batch: int = 1      # config.min_unlabeled_batch
 
 
 @torch.no_grad()
@@ -172,10 +173,15 @@ def unlabeled_targets(view_logits: torch.Tensor, u_idx: torch.Tensor, victim_sof
     return guess.repeat(sst.views, 1)
 
 
-def unlabeled_batch_size(labeled: int, unlabeled: int, batch_size: int) -> tuple[int, int]:
-    """Steps per epoch and the unlabeled batch size so one epoch covers both sets once."""
+def unlabeled_batch_size(labeled: int, unlabeled: int, batch_size: int,
+                         minimum: int = 1) -> tuple[int, int]:
+    """Steps per epoch and the unlabeled batch size so one epoch covers both sets once, but
+    at least ``minimum`` images (all of Ds if it is smaller) so BatchNorm never sees a batch of
+    one; a floor above the covering size cycles through Ds more than once an epoch."""
     steps = max(1, math.ceil(labeled / batch_size))
-    return steps, math.ceil(unlabeled / steps) if unlabeled else 0
+    if not unlabeled:
+        return steps, 0
+    return steps, min(unlabeled, max(math.ceil(unlabeled / steps), minimum))
 
 
 def sst_epoch(model, optimizer, images, labels, labeled_idx, unlabeled_idx, victim_soft,
@@ -185,7 +191,7 @@ def sst_epoch(model, optimizer, images, labels, labeled_idx, unlabeled_idx, vict
     model (separate passes, pseudo-labels from no-grad passes; or one joint forward)."""
     model.train()
     steps, u_batch = unlabeled_batch_size(labeled_idx.numel(), unlabeled_idx.numel(),
-                                          settings.batch_size)
+                                          settings.batch_size, sst.min_unlabeled_batch)
     labeled_batches = _shuffled_batches(labeled_idx, settings.batch_size)
     # Cycled, so every labeled step has an unlabeled batch even when Ds splits into fewer.
     unlabeled_batches = (itertools.cycle(_shuffled_batches(unlabeled_idx, u_batch)) if u_batch

@@ -169,8 +169,9 @@ def stage_figures(config, data, device: str, bare_seconds: float = 2.0) -> dict:
         "attentionmix epoch",
         lambda: mix_epoch(model, optimizer, images, labels, credible, classes, step),
         views, mix_passes))
-    sst = SSTSettings(config.sst_augmentations, 0.5, None, True, True)
-    _, u_batch = unlabeled_batch_size(m, u, b)
+    sst = SSTSettings(config.sst_augmentations, 0.5, None, True, True,
+                      config.min_unlabeled_batch)
+    _, u_batch = unlabeled_batch_size(m, u, b, config.min_unlabeled_batch)
     k_views = config.sst_augmentations * u
     sst_passes = ([(views + k_views, 2 * b + config.sst_augmentations * u_batch, STEP),
                    (views, 2 * b, EVAL)] if joint

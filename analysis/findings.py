@@ -61,15 +61,15 @@ def _ba(cells, name):
 
 CLAIMS = (
     Claim("filtering alone fails", ("blend", "wanet", "dynamic"), ("none", "F"),
-          lambda c: f"{_asr(c, 'F')} vs {_asr(c, 'none')}",
+          lambda c: f"{_asr(c, 'F')} vs {_asr(c, 'none')} (F fails while its ASR >= {TOOK:.2f})",
           lambda c: c["F"].asr - TOOK,
           lambda c: None if c["none"].asr >= TOOK else "the attack did not take"),
     Claim("AttentionMix cuts ASR sharply", None, ("F", "F+AT"),  # by more than half
-          lambda c: f"{_asr(c, 'F+AT')} vs {_asr(c, 'F')}",
+          lambda c: f"{_asr(c, 'F+AT')} vs {_asr(c, 'F')} (sharply: by more than half)",
           lambda c: (c["F"].asr - c["F+AT"].asr) - c["F"].asr / 2,
           lambda c: None if c["F"].asr >= TOOK else "filtering alone already removes it"),
     Claim("AttentionMix costs little BA", None, ("F", "F+AT"),
-          lambda c: f"{_ba(c, 'F+AT')} vs {_ba(c, 'F')}",
+          lambda c: f"{_ba(c, 'F+AT')} vs {_ba(c, 'F')} (little: at most {SMALL_BA_COST:.2f})",
           lambda c: SMALL_BA_COST - (c["F"].ba - c["F+AT"].ba), metric="ba"),
     Claim("SST restores BA", None, ("F+AT", "F+AT+SST"),
           lambda c: f"{_ba(c, 'F+AT+SST')} vs {_ba(c, 'F+AT')}",

@@ -87,6 +87,6 @@ def test_command_line_prints_the_findings(tmp_path, capsys):
     assert ablation_table.main([str(folder), "--findings"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("## Findings (METHOD.md section 4)")
-    expected = ("filtering alone fails (blend): F ASR 0.97 vs none ASR 0.99, margin +0.47 — "
-                "**holds**")
+    expected = ("filtering alone fails (blend): F ASR 0.97 vs none ASR 0.99 (F fails while its "
+                "ASR >= 0.50), margin +0.47 — **holds**")
     assert expected in printed

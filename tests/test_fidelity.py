@@ -81,29 +81,40 @@ def test_batchnorm_running_statistics_see_the_clean_views_by_default():
                                                    clean_var)
 
 
-def sst_batch_sizes(min_unlabeled_batch: int) -> list[int]:
+def sst_batch_sizes(min_unlabeled_batch: int, ds_size: int) -> list[int]:
     """The batch sizes BatchNorm sees in train mode during one SST epoch of 64 labeled images
-    (4 steps) and a Ds of 3, the size a tiny Ds gives at any scale (1 image a step)."""
+    in 4 steps of 16 and a Ds of ``ds_size``; a tiny Ds (3: one image a step) is what SIG, CL
+    and WaNet give at cpu scale."""
     torch.manual_seed(0)
-    images = torch.randint(0, 256, (67, 3, 8, 8), dtype=torch.uint8)
-    labels = torch.randint(0, 10, (67,))
+    images = torch.randint(0, 256, (64 + ds_size, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (64 + ds_size,))
     normalize = Normalizer(torch.full((3,), 0.5), torch.full((3,), 0.25), "cpu")
     settings = StepSettings(normalize, batch_size=16, padding=None, t_m=0.1)
     sst = SSTSettings(views=2, lambda_u=0.5, sharpen_temperature=None, suppress_unlabeled=False,
                       suppress_labeled=False, min_unlabeled_batch=min_unlabeled_batch)
     model = InputNormNet()
     sst_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), images, labels,
-              torch.arange(64), torch.arange(64, 67), None, 10, settings, sst)
+              torch.arange(64), torch.arange(64, 64 + ds_size), None, 10, settings, sst)
     return [batch.shape[0] for batch in model.seen]
 
 
 def test_a_tiny_ds_never_reaches_batchnorm_one_image_at_a_time():
-    authors = sst_batch_sizes(min_unlabeled_batch=1)
+    authors = sst_batch_sizes(min_unlabeled_batch=1, ds_size=3)
     # Each step: 2 pseudo-label passes, 2 attention passes, 2 mixed halves, 2 unlabeled views.
     assert len(authors) == 4 * 8 and authors.count(1) == 4 * 4
-    floored = sst_batch_sizes(min_unlabeled_batch=8)
-    assert len(floored) == 4 * 8 and 1 not in floored
-    assert floored.count(3) == 4 * 4  # all of Ds (smaller than the floor) in every step
+    # A Ds under the floor is left out: 2 attention passes and 2 mixed halves a step, all of 16.
+    assert sst_batch_sizes(min_unlabeled_batch=8, ds_size=3) == [16] * (4 * 4)
+
+
+def test_floored_unlabeled_batches_never_fall_under_the_floor():
+    # Ds of 10 in 4 steps: the authors' covering batches are 3, 3, 3, 1; at a floor of 4 the
+    # batches are 4, 4, 2 and the 2 joins the batch before it.
+    authors = sst_batch_sizes(min_unlabeled_batch=1, ds_size=10)
+    assert sorted(set(authors)) == [1, 3, 16] and authors.count(1) == 4
+    floored = sst_batch_sizes(min_unlabeled_batch=4, ds_size=10)
+    assert len(floored) == 4 * 8
+    unlabeled = [size for size in floored if size != 16]
+    assert sorted(set(unlabeled)) == [4, 6] and len(unlabeled) == 4 * 4
 
 
 def test_victim_and_beneficiary_start_from_different_weights_and_repeat_by_seed():

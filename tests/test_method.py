@@ -162,7 +162,9 @@ def test_unlabeled_batches_cover_both_sets_and_survive_empty_ds():
 def test_a_tiny_ds_gets_unlabeled_batches_of_the_floor_not_of_one():
     assert unlabeled_batch_size(20_000, 44, 128) == (157, 1)  # the authors' covering size
     assert unlabeled_batch_size(20_000, 44, 128, minimum=8) == (157, 8)
-    assert unlabeled_batch_size(20_000, 5, 128, minimum=8) == (157, 5)  # all of Ds, no repeats
+    assert unlabeled_batch_size(20_000, 8, 128, minimum=8) == (157, 8)
+    assert unlabeled_batch_size(20_000, 5, 128, minimum=8) == (157, 0)  # under it: labeled only
+    assert unlabeled_batch_size(20_000, 5, 128) == (157, 1)
     assert unlabeled_batch_size(50_000, 5_000, 128, minimum=8) == (391, 13)  # usual Ds: as is
     assert TrialConfig().min_unlabeled_batch == 8
 

@@ -175,13 +175,27 @@ def unlabeled_targets(view_logits: torch.Tensor, u_idx: torch.Tensor, victim_sof
 
 def unlabeled_batch_size(labeled: int, unlabeled: int, batch_size: int,
                          minimum: int = 1) -> tuple[int, int]:
-    """Steps per epoch and the unlabeled batch size so one epoch covers both sets once, but
-    at least ``minimum`` images (all of Ds if it is smaller) so BatchNorm never sees a batch of
-    one; a floor above the covering size cycles through Ds more than once an epoch."""
+    """Steps per epoch and the unlabeled batch size so one epoch covers both sets once, but at
+    least ``minimum`` images, so BatchNorm never normalises a batch of a few images in train
+    mode; a floor above the covering size cycles through Ds more than once an epoch. A Ds
+    smaller than ``minimum`` gets no unlabeled batch (0): SST then trains on the labeled set
+    alone, as AttentionMix does."""
     steps = max(1, math.ceil(labeled / batch_size))
-    if not unlabeled:
+    if unlabeled < max(1, minimum):
         return steps, 0
-    return steps, min(unlabeled, max(math.ceil(unlabeled / steps), minimum))
+    return steps, max(math.ceil(unlabeled / steps), minimum)
+
+
+def _unlabeled_batches(unlabeled_idx: torch.Tensor, u_batch: int, minimum: int):
+    """Ds in shuffled batches of ``u_batch``, cycled so every labeled step has one even when Ds
+    splits into fewer; a last batch under ``minimum`` joins the one before it (with the
+    authors' minimum of 1 it never does)."""
+    if not u_batch:
+        return itertools.repeat(unlabeled_idx[:0])
+    batches = list(_shuffled_batches(unlabeled_idx, u_batch))
+    if len(batches) > 1 and batches[-1].numel() < minimum:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return itertools.cycle(batches)
 
 
 def sst_epoch(model, optimizer, images, labels, labeled_idx, unlabeled_idx, victim_soft,
@@ -193,9 +207,7 @@ def sst_epoch(model, optimizer, images, labels, labeled_idx, unlabeled_idx, vict
     steps, u_batch = unlabeled_batch_size(labeled_idx.numel(), unlabeled_idx.numel(),
                                           settings.batch_size, sst.min_unlabeled_batch)
     labeled_batches = _shuffled_batches(labeled_idx, settings.batch_size)
-    # Cycled, so every labeled step has an unlabeled batch even when Ds splits into fewer.
-    unlabeled_batches = (itertools.cycle(_shuffled_batches(unlabeled_idx, u_batch)) if u_batch
-                         else itertools.repeat(unlabeled_idx[:0]))
+    unlabeled_batches = _unlabeled_batches(unlabeled_idx, u_batch, sst.min_unlabeled_batch)
     total = torch.zeros((), device=images.device)
     seen = 0
     for l_batch, u_idx in zip(labeled_batches, unlabeled_batches):

@@ -101,7 +101,9 @@ class TrialConfig:
     # then passes ONE image through BatchNorm in train mode, four times, and running statistics
     # taken from single images ruin the Beneficiary's BA (SIG F+AT+SST: 0.44 against F+AT's
     # 0.63). The expected unlabeled weight per image and epoch is the same either way, and a Ds
-    # of the usual size (10% of the data: 13 images a step) never meets the floor.
+    # of the usual size (10% of the data: 13 images a step) never meets the floor. A Ds under
+    # the floor is left out of the unlabeled term (smoke Blend's 2 images: F+AT+SST 0.904
+    # without them, 0.738 with them in every step).
     min_unlabeled_batch: int = 8
     sharpen_temperature: float | None = None  # None: one-hot argmax pseudo-labels
     victim_temperature: float = 3.0        # T_v
@@ -269,7 +271,7 @@ PRESET_VALUES: dict[str, dict[str, Any]] = {
     # - t_m 0.5 (the method's default is 0.1): the tiny network's attention comes from an 8x8
     #   map, so at 0.1 the mask covers about half of each image, and the Beneficiary, which then
     #   learns from two half-blended objects, stays under-trained at this length (BadNets vab
-    #   BA 0.79 against 0.99 without defense; Blend vab collapses to the target class, BA 0.10).
+    #   BA 0.79 against 0.99 without defense; Blend vab 0.75, an earlier engine collapsed it).
     #   At 0.5 BadNets vab is 0.934 / 0.000 against 0.988 / 0.969 without defense; at 0.7 F+AT
     #   keeps 0.99 (BadNets) and 0.98 (Blend) but no longer touches Blend (ASR 0.97).
     # - The Victim re-splits every 5th epoch of the mix stage, the authors' period (scaled to 16

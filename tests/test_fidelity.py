@@ -115,6 +115,8 @@ def test_floored_unlabeled_batches_never_fall_under_the_floor():
     assert len(floored) == 4 * 8
     unlabeled = [size for size in floored if size != 16]
     assert sorted(set(unlabeled)) == [4, 6] and len(unlabeled) == 4 * 4
+    # A floor under the covering batch changes nothing: the authors' batches, remainder and all.
+    assert sst_batch_sizes(min_unlabeled_batch=2, ds_size=10) == authors
 
 
 def test_victim_and_beneficiary_start_from_different_weights_and_repeat_by_seed():

@@ -186,14 +186,14 @@ def unlabeled_batch_size(labeled: int, unlabeled: int, batch_size: int,
     return steps, max(math.ceil(unlabeled / steps), minimum)
 
 
-def _unlabeled_batches(unlabeled_idx: torch.Tensor, u_batch: int, minimum: int):
+def _unlabeled_batches(unlabeled_idx: torch.Tensor, u_batch: int, floored: bool):
     """Ds in shuffled batches of ``u_batch``, cycled so every labeled step has one even when Ds
-    splits into fewer; a last batch under ``minimum`` joins the one before it (with the
-    authors' minimum of 1 it never does)."""
+    splits into fewer. When the floor raised ``u_batch`` (``floored``), a shorter last batch
+    joins the one before it; the covering batches of the authors' code keep their remainder."""
     if not u_batch:
         return itertools.repeat(unlabeled_idx[:0])
     batches = list(_shuffled_batches(unlabeled_idx, u_batch))
-    if len(batches) > 1 and batches[-1].numel() < minimum:
+    if floored and len(batches) > 1 and batches[-1].numel() < u_batch:
         batches[-2:] = [torch.cat(batches[-2:])]
     return itertools.cycle(batches)
 
@@ -207,7 +207,8 @@ def sst_epoch(model, optimizer, images, labels, labeled_idx, unlabeled_idx, vict
     steps, u_batch = unlabeled_batch_size(labeled_idx.numel(), unlabeled_idx.numel(),
                                           settings.batch_size, sst.min_unlabeled_batch)
     labeled_batches = _shuffled_batches(labeled_idx, settings.batch_size)
-    unlabeled_batches = _unlabeled_batches(unlabeled_idx, u_batch, sst.min_unlabeled_batch)
+    floored = u_batch > math.ceil(unlabeled_idx.numel() / steps)
+    unlabeled_batches = _unlabeled_batches(unlabeled_idx, u_batch, floored)
     total = torch.zeros((), device=images.device)
     seen = 0
     for l_batch, u_idx in zip(labeled_batches, unlabeled_batches):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -231,8 +232,18 @@ def test_a_killed_drivers_local_cluster_leaves_no_process(background_script, tmp
         except psutil.NoSuchProcess:
             return False
 
-    wait_until(lambda: not any(running(process) for process in started),
-               "every process of the killed driver's cluster gone", timeout_s=60)
+    def command(process) -> str:
+        try:
+            return " ".join(process.cmdline())[:120]
+        except psutil.Error:
+            return process.name()
+
+    try:
+        wait_until(lambda: not any(running(process) for process in started),
+                   "every process of the killed driver's cluster gone", timeout_s=60)
+    except TimeoutError:
+        survivors = [command(process) for process in started if running(process)]
+        raise AssertionError(f"running 60 s after the driver's SIGKILL: {survivors}") from None
 
 
 @pytest.mark.slow  # about a minute: it waits for the smoke Victim's first progress line
@@ -280,3 +291,17 @@ def test_vb_sweep_search_names_its_objectives_and_ties_trials_to_rows(ray_cluste
         attrs = trial.user_attrs
         assert attrs["trial_id"] in rows.index and attrs["status"] == "ok"
         assert attrs["mlflow_run_id"] == rows.loc[attrs["trial_id"], "mlflow_run_id"]
+
+
+def test_the_reaper_takes_a_driver_reaped_between_its_checks_for_gone(monkeypatch):
+    """The driver can be reaped after is_running() and before status(): that is a driver gone,
+    not an error that ends the reaper before it stops the cluster."""
+    import psutil
+
+    from vb_sweep.sweep.reaper import _alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    process = psutil.Process(child.pid)
+    child.wait()
+    monkeypatch.setattr(process, "is_running", lambda: True)  # it was, a moment ago
+    assert _alive(process) is False

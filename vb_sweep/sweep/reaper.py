@@ -37,7 +37,7 @@ def watch(driver_pid: int) -> int:
     except psutil.NoSuchProcess:
         return 0
     seen: dict[int, psutil.Process] = {}
-    while driver.is_running() and driver.status() != psutil.STATUS_ZOMBIE:
+    while _alive(driver):
         try:
             for child in driver.children(recursive=True):
                 if child.pid != os.getpid():
@@ -53,6 +53,17 @@ def watch(driver_pid: int) -> int:
     for process in alive:
         _signal(process, "kill")
     return len(left)
+
+
+def _alive(process) -> bool:
+    """Running and not a zombie; a process reaped between the two checks is not alive (an
+    uncaught NoSuchProcess there ended the reaper before it stopped anything)."""
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _signal(process, action: str) -> None:

@@ -176,8 +176,8 @@ def unlabeled_targets(view_logits: torch.Tensor, u_idx: torch.Tensor, victim_sof
 def unlabeled_batch_size(labeled: int, unlabeled: int, batch_size: int,
                          minimum: int = 1) -> tuple[int, int]:
     """Steps per epoch and the unlabeled batch size so one epoch covers both sets once, but at
-    least ``minimum`` images, so BatchNorm never normalises a batch of a few images in train
-    mode; a floor above the covering size cycles through Ds more than once an epoch. A Ds
+    least ``minimum`` images, so a tiny Ds does not reach BatchNorm's train mode a few images
+    at a time; a floor above the covering size cycles through Ds more than once an epoch. A Ds
     smaller than ``minimum`` gets no unlabeled batch (0): SST then trains on the labeled set
     alone, as AttentionMix does."""
     steps = max(1, math.ceil(labeled / batch_size))

@@ -183,16 +183,22 @@ def unlabeled_batch_size(labeled: int, unlabeled: int, batch_size: int,
     steps = max(1, math.ceil(labeled / batch_size))
     if unlabeled < max(1, minimum):
         return steps, 0
-    return steps, max(math.ceil(unlabeled / steps), minimum)
+    return steps, max(_covering_batch(unlabeled, steps), minimum)
 
 
-def _unlabeled_batches(unlabeled_idx: torch.Tensor, u_batch: int, floored: bool):
+def _covering_batch(unlabeled: int, steps: int) -> int:
+    """The authors' unlabeled batch: the size that goes through Ds once in ``steps`` steps."""
+    return math.ceil(unlabeled / steps)
+
+
+def _unlabeled_batches(unlabeled_idx: torch.Tensor, u_batch: int, steps: int):
     """Ds in shuffled batches of ``u_batch``, cycled so every labeled step has one even when Ds
-    splits into fewer. When the floor raised ``u_batch`` (``floored``), a shorter last batch
-    joins the one before it; the covering batches of the authors' code keep their remainder."""
+    splits into fewer. Where the floor raised ``u_batch`` above the covering batch, a shorter
+    last batch joins the one before it; the authors' covering batches keep their remainder."""
     if not u_batch:
         return itertools.repeat(unlabeled_idx[:0])
     batches = list(_shuffled_batches(unlabeled_idx, u_batch))
+    floored = u_batch > _covering_batch(unlabeled_idx.numel(), steps)
     if floored and len(batches) > 1 and batches[-1].numel() < u_batch:
         batches[-2:] = [torch.cat(batches[-2:])]
     return itertools.cycle(batches)
@@ -207,8 +213,7 @@ def sst_epoch(model, optimizer, images, labels, labeled_idx, unlabeled_idx, vict
     steps, u_batch = unlabeled_batch_size(labeled_idx.numel(), unlabeled_idx.numel(),
                                           settings.batch_size, sst.min_unlabeled_batch)
     labeled_batches = _shuffled_batches(labeled_idx, settings.batch_size)
-    floored = u_batch > math.ceil(unlabeled_idx.numel() / steps)
-    unlabeled_batches = _unlabeled_batches(unlabeled_idx, u_batch, floored)
+    unlabeled_batches = _unlabeled_batches(unlabeled_idx, u_batch, steps)
     total = torch.zeros((), device=images.device)
     seen = 0
     for l_batch, u_idx in zip(labeled_batches, unlabeled_batches):

@@ -215,6 +215,7 @@ def test_a_killed_drivers_local_cluster_leaves_no_process(background_script, tmp
     import psutil
 
     from conftest import wait_until
+    from vb_sweep.sweep.reaper import _alive
 
     log = tmp_path / "driver.log"
     driver = background_script("ablation.py", *TINY, "--out", str(tmp_path / "out"), log=log)
@@ -226,12 +227,6 @@ def test_a_killed_drivers_local_cluster_leaves_no_process(background_script, tmp
     driver.kill()
     driver.wait()
 
-    def running(process) -> bool:
-        try:
-            return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
-
     def command(process) -> str:
         try:
             return " ".join(process.cmdline())[:120]
@@ -239,10 +234,10 @@ def test_a_killed_drivers_local_cluster_leaves_no_process(background_script, tmp
             return process.name()
 
     try:
-        wait_until(lambda: not any(running(process) for process in started),
+        wait_until(lambda: not any(_alive(process) for process in started),
                    "every process of the killed driver's cluster gone", timeout_s=60)
     except TimeoutError:
-        survivors = [command(process) for process in started if running(process)]
+        survivors = [command(process) for process in started if _alive(process)]
         raise AssertionError(f"running 60 s after the driver's SIGKILL: {survivors}") from None
 
 

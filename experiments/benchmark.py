@@ -2,14 +2,16 @@
 
     python experiments/benchmark.py [--preset smoke] [--dataset synthetic|cifar10]
         [--data-root DIR] [--model small_cnn] [--train-per-class N] [--device auto]
-        [--threads N] [--grid]
+        [--threads N] [--rounds 3] [--grid]
 
 For each stage (entropy pass, Victim epoch, plain epoch, AttentionMix epoch, SST epoch) it
 prints images/s and the share of wall time spent inside the model, estimated from the bare
 model's throughput on random tensors at the batch sizes the stage really runs: model time =
 images through forward+backward / bare training rate + images through no-grad forward / bare
 no-grad rate. The rest (indexing, augmentation, mixing, bookkeeping) is overhead; the goal is
-under 10%. It does so in float32 and, where the device computes bf16 natively, in bf16.
+under 10%. Each stage runs ``--rounds`` times between bare-model measurements and the median
+round is shown, with the range. It does so in float32 and, where the device computes bf16
+natively, in bf16.
 
 ``--grid`` also runs the BadNets six-variant grid twice in this process, once with the shared
 mix stage and once with every trial independent, and prints both wall times and their ratio.
@@ -29,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vb_sweep.artifacts import load_trial_data  # noqa: E402
 from vb_sweep.config import parse_overrides, preset_config  # noqa: E402
-from vb_sweep.device import autocast_dtype, precision_name, resolve_device  # noqa: E402
+from vb_sweep.device import (autocast_dtype, precision_name, resolve_device,  # noqa: E402
+                             retain_freed_memory)
 from vb_sweep.throughput import stage_figures  # noqa: E402
 
 
@@ -41,9 +44,11 @@ def print_stage_figures(figures: dict) -> float:
           f"{bare['victim_batch']}); no-grad {bare['eval_images_per_s']:.0f} img/s (batch "
           f"{bare['eval_batch']})")
     for stage in figures["stages"]:
+        spread = (f" ({stage['overhead_low']:.1%}-{stage['overhead_high']:.1%} over "
+                  f"{stage['rounds']} rounds)" if stage["rounds"] > 1 else "")
         print(f"  {stage['stage']:<18} {stage['images_per_s']:>9.0f} img/s "
               f"{stage['seconds']:>8.2f} s  model share {stage['model_share']:>6.1%}  "
-              f"overhead {stage['overhead']:>6.1%}")
+              f"overhead {stage['overhead']:>6.1%}{spread}")
     return max(stage["overhead"] for stage in figures["stages"])
 
 
@@ -79,9 +84,14 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="any TrialConfig field, e.g. --set batchnorm_passes=joint")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="runs of each stage, each between two bare-model measurements; "
+                             "the table shows the median (a CPU's speed drifts from minute to "
+                             "minute); default 3")
     parser.add_argument("--grid", action="store_true",
                         help="also time the BadNets six-variant grid with and without sharing")
     args = parser.parse_args(argv)
+    retain_freed_memory()  # as a trial does: the figures are the trial's
     if args.threads:
         torch.set_num_threads(args.threads)
     config = preset_config(args.preset, dataset=args.dataset, data_root=args.data_root,
@@ -94,7 +104,8 @@ def main(argv=None) -> int:
           f"(Victim {config.victim_batch_size}), BatchNorm passes {config.batchnorm_passes}")
     for amp in precisions(device):
         print(f"\n{precision_name(amp, device)}:")
-        worst = print_stage_figures(stage_figures(config.replace(amp=amp), data, device))
+        worst = print_stage_figures(stage_figures(config.replace(amp=amp), data, device,
+                                                  rounds=args.rounds))
         print(f"  largest overhead {worst:.1%} (goal: under 10%)")
     if args.grid:  # each half printed as it ends: at cpu scale each takes most of an hour
         shared = grid_cost(config, shared=True)

@@ -36,3 +36,12 @@ def test_rates_are_measured_afresh_around_a_stage():
     assert bare.rates[(16, STEP)] != before[(16, STEP)]  # measured again, not the cached rate
     with pytest.raises(ValueError, match="pass mode"):
         bare.rate(16, "train")
+
+
+def test_a_stage_of_several_rounds_shows_the_median_round_and_the_range():
+    bare, _ = bare_model()
+    bare.rounds = 3
+    runs = []
+    figure = bare.timed_stage("count", lambda: runs.append(1), 16, [(16, 16, STEP)])
+    assert len(runs) == 3 and figure["rounds"] == 3
+    assert figure["overhead_low"] <= figure["overhead"] <= figure["overhead_high"]

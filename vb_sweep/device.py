@@ -3,9 +3,15 @@
     device = resolve_device("auto")             # "cuda" when there is a GPU, else "cpu"
     model = place_model(model, device)          # on the device, channels_last
     dtype = autocast_dtype(amp=True, device)    # bf16 where the hardware computes it, else None
+    retain_freed_memory()                        # once per process that trains (glibc only)
 """
 
 from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
 
 import torch
 
@@ -48,3 +54,25 @@ def precision_name(amp: bool, device: str) -> str:
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
+
+
+# glibc's mallopt parameters (malloc.h).
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+RETURN_FREED_MEMORY_VARIABLE = "VB_SWEEP_RETURN_FREED_MEMORY"
+
+
+def retain_freed_memory() -> bool:
+    """Let glibc keep freed memory for the next step instead of handing it back to the kernel.
+
+    By default glibc maps every block over 32 MiB afresh (the small CNN's activations at batch
+    256, an eval batch of 512) and gives the top of its heap back once 2x the map threshold is
+    free, so each step zero-fills hundreds of MB of new pages: on 2 cores 100,000 page faults
+    per training step at batch 256, which ran at 622-783 img/s instead of 1,430-1,534, and the
+    no-grad pass at batch 512 at 1,219-1,684 img/s instead of 3,100. The process keeps its peak
+    memory instead. True if glibc took the settings; False on another C library or when
+    ``VB_SWEEP_RETURN_FREED_MEMORY=1`` is in the environment (the old behaviour)."""
+    if os.environ.get(RETURN_FREED_MEMORY_VARIABLE) == "1" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
+                and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))

@@ -50,9 +50,10 @@ class BareModel:
     """The bare model's images/s on random tensors in each pass mode, measured once per batch
     size and mode (until measured afresh), and the model time of a stage's passes."""
 
-    def __init__(self, model, shape, device: str, autocast_dtype, seconds: float = 2.0):
+    def __init__(self, model, shape, device: str, autocast_dtype, seconds: float = 2.0,
+                 rounds: int = 1):
         self.model, self.shape, self.device = model, shape, device
-        self.autocast_dtype, self.seconds = autocast_dtype, seconds
+        self.autocast_dtype, self.seconds, self.rounds = autocast_dtype, seconds, rounds
         self.rates: dict[tuple[int, str], float] = {}
 
     @staticmethod
@@ -70,12 +71,19 @@ class BareModel:
         return sum(images / self.rate(batch, mode) for images, batch, mode in passes if images)
 
     def timed_stage(self, name: str, run, images: int, passes) -> dict:
-        """``run`` timed, against the bare rates of its ``passes`` measured right before and
-        right after it (the mean of the two model times)."""
+        """``run`` timed ``rounds`` times, each against the bare rates of its ``passes``
+        measured right before and right after it (the mean of the two model times): the round
+        of median overhead, with the lowest and highest overhead of all rounds."""
         before = self.fresh_model_seconds(passes)
-        seconds = timed(run, self.device)
-        after = self.fresh_model_seconds(passes)
-        return stage_figure(name, seconds, images, (before + after) / 2)
+        rounds = []
+        for _ in range(self.rounds):
+            seconds = timed(run, self.device)
+            after = self.fresh_model_seconds(passes)
+            rounds.append(stage_figure(name, seconds, images, (before + after) / 2))
+            before = after
+        rounds.sort(key=lambda figure: figure["overhead"])
+        return {**rounds[len(rounds) // 2], "rounds": len(rounds),
+                "overhead_low": rounds[0]["overhead"], "overhead_high": rounds[-1]["overhead"]}
 
     def fresh_model_seconds(self, passes) -> float:
         for _, batch, mode in passes:
@@ -116,11 +124,13 @@ def stage_figure(name: str, seconds: float, images: int, model_seconds: float) -
             "overhead": max(0.0, 1 - model_seconds / seconds)}
 
 
-def stage_figures(config, data, device: str, bare_seconds: float = 2.0) -> dict:
+def stage_figures(config, data, device: str, bare_seconds: float = 2.0,
+                  rounds: int = 1) -> dict:
     """Every stage's throughput and overhead in the config's precision, on the config's data
-    poisoned by its attack: {"bare": {...}, "stages": [stage_figure, ...]}. Every stage runs
-    the Beneficiary's network, the Victim epoch too: it measures the engine's overhead, not
-    what a Victim of another ``victim_model`` costs."""
+    poisoned by its attack: {"bare": {...}, "stages": [stage_figure, ...]}, each stage's the
+    median of ``rounds`` runs (``BareModel.timed_stage``). Every stage runs the Beneficiary's
+    network, the Victim epoch too: it measures the engine's overhead, not what a Victim of
+    another ``victim_model`` costs."""
     attack = build_attack(config.attack, target=config.target, seed=config.seed)
     poisoned = attack.poison_train(data.train)
     images, labels = poisoned.images.to(device), poisoned.labels.to(device)
@@ -129,7 +139,8 @@ def stage_figures(config, data, device: str, bare_seconds: float = 2.0) -> dict:
     model = place_model(build_model(config.model, classes), device)
     step = step_settings(config, data, device, config.batch_size, config.crop_padding)
     victim_step = step_settings(config, data, device, config.victim_batch_size, None)
-    bare = BareModel(model, tuple(images.shape[1:]), device, step.autocast_dtype, bare_seconds)
+    bare = BareModel(model, tuple(images.shape[1:]), device, step.autocast_dtype, bare_seconds,
+                     rounds)
     b = config.batch_size
     bare_figures = {"train_batch": b, "train_images_per_s": bare.rate(b, STEP),
                     "victim_batch": config.victim_batch_size,

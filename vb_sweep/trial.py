@@ -33,7 +33,7 @@ from vb_sweep.artifacts import (PreparedPoison, load_trial_data, poison_cache_pa
 from vb_sweep.cache import ArtifactCache, cache_key
 from vb_sweep.config import TrialConfig
 from vb_sweep.data import DatasetSplits
-from vb_sweep.device import precision_name, resolve_device
+from vb_sweep.device import precision_name, resolve_device, retain_freed_memory
 from vb_sweep.figures import entropy_histogram_png, training_curves_png, trigger_preview_png
 
 
@@ -63,6 +63,7 @@ def run_trial(config: TrialConfig, *, cache: ArtifactCache | None = None, sweep:
               save_checkpoint: Callable[[dict], None] | None = None,
               on_victim_split: Callable | None = None) -> TrialResult:
     config.validate()
+    retain_freed_memory()
     started = time.perf_counter()
     cache = cache or ArtifactCache()
     trial_id = trial_id or trial_id_for(config)

@@ -178,8 +178,10 @@ def _prepare(kind: str, values: dict, cache_dir: str, threads: int = 1) -> bool:
 
     from vb_sweep import artifacts
     from vb_sweep.cache import ArtifactCache
+    from vb_sweep.device import retain_freed_memory
 
     torch.set_num_threads(threads)
+    retain_freed_memory()
     config, cache = TrialConfig.from_dict(values), ArtifactCache(cache_dir)
     progress = PreparationProgress(f"{config.attack} {config.dataset} seed {config.seed}")
     if kind == "victim":

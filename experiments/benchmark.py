@@ -91,6 +91,8 @@ def main(argv=None) -> int:
     parser.add_argument("--grid", action="store_true",
                         help="also time the BadNets six-variant grid with and without sharing")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds: {args.rounds} (allowed: a whole number >= 1)")
     retain_freed_memory()  # as a trial does: the figures are the trial's
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -55,7 +55,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-
 # glibc's mallopt parameters (malloc.h).
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 RETURN_FREED_MEMORY_VARIABLE = "VB_SWEEP_RETURN_FREED_MEMORY"

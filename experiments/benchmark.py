@@ -5,13 +5,12 @@
         [--threads N] [--rounds 3] [--grid]
 
 For each stage (entropy pass, Victim epoch, plain epoch, AttentionMix epoch, SST epoch) it
-prints images/s and the share of wall time spent inside the model, estimated from the bare
-model's throughput on random tensors at the batch sizes the stage really runs: model time =
-images through forward+backward / bare training rate + images through no-grad forward / bare
-no-grad rate. The rest (indexing, augmentation, mixing, bookkeeping) is overhead; the goal is
-under 10%. Each stage runs ``--rounds`` times between bare-model measurements and the median
-round is shown, with the range. It does so in float32 and, where the device computes bf16
-natively, in bf16.
+prints images/s and the share of wall time spent inside the model: after each of the stage's
+steps the bare model runs the same passes on random tensors (batch sizes, parts, optimiser step),
+timed apart, and their sum is the stage's model time. The rest (indexing, augmentation, mixing,
+bookkeeping) is overhead; the goal is under 10%. Each stage runs ``--rounds`` times and the
+median round is shown, with the range. It does so in float32 and, where the device computes
+bf16 natively, in bf16.
 
 ``--grid`` also runs the BadNets six-variant grid twice in this process, once with the shared
 mix stage and once with every trial independent, and prints both wall times and their ratio.
@@ -85,9 +84,7 @@ def main(argv=None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="any TrialConfig field, e.g. --set batchnorm_passes=joint")
     parser.add_argument("--rounds", type=int, default=3,
-                        help="runs of each stage, each between two bare-model measurements; "
-                             "the table shows the median (a CPU's speed drifts from minute to "
-                             "minute); default 3")
+                        help="runs of each stage; the table shows the median; default 3")
     parser.add_argument("--grid", action="store_true",
                         help="also time the BadNets six-variant grid with and without sharing")
     args = parser.parse_args(argv)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -27,21 +29,43 @@ def test_each_pass_mode_runs_the_model_as_the_engine_does(mode, moves_statistics
     assert bare.model.training  # left in train mode, as the stages expect
 
 
-def test_rates_are_measured_afresh_around_a_stage():
-    bare, _ = bare_model()
-    bare.rate(16, STEP)
-    before = dict(bare.rates)
-    figure = bare.timed_stage("nothing", lambda: None, 16, [(16, 16, STEP)])
-    assert figure["stage"] == "nothing" and 0.0 <= figure["overhead"] <= 1.0
-    assert bare.rates[(16, STEP)] != before[(16, STEP)]  # measured again, not the cached rate
+def test_a_step_of_parts_forwards_each_part_and_steps_the_optimiser_once():
+    bare, norm = bare_model()
+    steps = []
+    bare.optimizer.register_step_post_hook(lambda *_: steps.append(1))
+    assert bare.rate((16, 16, 4), STEP) > 0
+    assert norm.num_batches_tracked.item() == 3 * len(steps)  # three forwards a step
+    assert bare.optimizer.defaults["momentum"] == 0.9  # the Beneficiary's optimiser
+    assert bare.key(16, STEP) == bare.key((16,), STEP)
+
+
+def test_a_stage_is_timed_against_the_bare_passes_run_after_each_of_its_steps():
+    bare, norm = bare_model()
+    bare.rounds = 3
+    steps_run = []
+
+    def stage(after_step):
+        for _ in range(4):
+            steps_run.append(1)
+            after_step()
+
+    tracked = norm.num_batches_tracked.item()
+    figure = bare.timed_stage("steps", stage, 64, [((8, 8), STEP), (16, BATCH_STATS)])
+    assert len(steps_run) == 12 and figure["rounds"] == 3
+    # warm-up (3 passes of each) plus, after each of the 12 steps, a 2-part step and a no-grad pass
+    assert norm.num_batches_tracked.item() - tracked == 3 * 3 + 12 * 3
+    assert figure["model_share"] == 1.0  # the stage itself did nothing but its steps
+    assert figure["overhead_low"] <= figure["overhead"] <= figure["overhead_high"]
     with pytest.raises(ValueError, match="pass mode"):
         bare.rate(16, "train")
 
 
-def test_a_stage_of_several_rounds_shows_the_median_round_and_the_range():
+def test_a_stage_slower_than_its_bare_passes_shows_the_difference_as_overhead():
     bare, _ = bare_model()
-    bare.rounds = 3
-    runs = []
-    figure = bare.timed_stage("count", lambda: runs.append(1), 16, [(16, 16, STEP)])
-    assert len(runs) == 3 and figure["rounds"] == 3
-    assert figure["overhead_low"] <= figure["overhead"] <= figure["overhead_high"]
+
+    def stage(after_step):
+        time.sleep(0.05)
+        after_step()
+
+    figure = bare.timed_stage("sleepy", stage, 16, [(16, STEP)])
+    assert figure["seconds"] >= 0.05 and figure["overhead"] > 0.5

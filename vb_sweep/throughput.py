@@ -1,13 +1,17 @@
 """Throughput of the trial's stages against the bare model's, for the benchmark and the GPU
 check: images/s of each stage, and the share of its wall time spent inside the model.
 
-The bare model's rate is measured on random tensors at the batch sizes the stage really runs
-(forward+backward+SGD step for training passes, no-grad forward for the others); a stage's model
-time is the sum over its passes of images / bare rate, and the rest of its wall time (indexing,
-augmentation, mixing, bookkeeping) is overhead. The rates are measured again just before and
-just after each stage and averaged: a CPU's speed drifts over minutes (clock boost, other
-processes). Rates taken once at the start gave 12-29% "overhead" on a 2-core machine where the
-stage's steps, interleaved with bare ones, ran within 4% of them.
+The bare model runs on random tensors in the passes the stage really runs: the same batch
+sizes, one forward per part where the engine forwards a step's batch in parts (the authors'
+BatchNorm passes), one backward and one step of the Beneficiary's optimiser (SGD with momentum
+and weight decay) per training step, no-grad forwards for the others. After each step of the
+stage, the bare model runs that step's passes once and is timed on its own: the stage's model
+time is the sum of those times, and the rest of its wall time (indexing, augmentation, mixing,
+bookkeeping) is overhead. Interleaved step by step, both see the same moment of a CPU whose
+speed drifts by 10-20% from one second to the next on a shared machine; rates measured in a
+loop before and after a stage of 1-2 s put the same smoke-scale epoch anywhere between 0% and
+25% overhead. The tight-loop rates (``BareModel.rate``) are still shown as the bare model's
+throughput.
 """
 
 from __future__ import annotations
@@ -46,82 +50,119 @@ STEP, EVAL, BATCH_STATS = "step", "eval", "batch-stats"
 PASS_MODES = (STEP, EVAL, BATCH_STATS)
 
 
+def bare_optimizer(model) -> torch.optim.Optimizer:
+    """The Beneficiary's optimiser (METHOD.md section 2), for the bare model and the stages."""
+    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+
 class BareModel:
-    """The bare model's images/s on random tensors in each pass mode, measured once per batch
-    size and mode (until measured afresh), and the model time of a stage's passes."""
+    """The bare model on random tensors: its images/s in each pass mode, measured once per batch
+    (a size, or the sizes of the parts one step forwards separately) and mode, and the timing
+    of a stage against the same passes interleaved with its steps."""
 
     def __init__(self, model, shape, device: str, autocast_dtype, seconds: float = 2.0,
-                 rounds: int = 1):
+                 rounds: int = 1, optimizer=None):
         self.model, self.shape, self.device = model, shape, device
         self.autocast_dtype, self.seconds, self.rounds = autocast_dtype, seconds, rounds
-        self.rates: dict[tuple[int, str], float] = {}
+        self.optimizer = optimizer or bare_optimizer(model)
+        self.rates: dict[tuple[tuple[int, ...], str], float] = {}
+        self.passes: dict[tuple[tuple[int, ...], str], object] = {}
 
     @staticmethod
-    def key(batch_size: int, mode: str) -> tuple[int, str]:
-        return max(1, batch_size), mode
+    def key(batch, mode: str) -> tuple[tuple[int, ...], str]:
+        parts = (batch,) if isinstance(batch, int) else tuple(batch)
+        return tuple(max(1, part) for part in parts), mode
 
-    def rate(self, batch_size: int, mode: str) -> float:
-        key = self.key(batch_size, mode)
+    def rate(self, batch, mode: str) -> float:
+        """images/s of ``mode`` passes of ``batch``: an int, or a tuple of part sizes that one
+        pass forwards one after the other (a training pass then takes one backward and one
+        optimiser step for all of them); measured in a loop of passes for ``seconds``."""
+        key = self.key(batch, mode)
         if key not in self.rates:
-            self.rates[key] = self._measure(*key)
+            run_pass = self.bare_pass(batch, mode)
+            count, elapsed = 0, 0.0
+            while elapsed < self.seconds:
+                elapsed += timed(run_pass, self.device)
+                count += sum(key[0])
+            self.rates[key] = count / elapsed
         return self.rates[key]
 
-    def model_seconds(self, passes) -> float:
-        """``passes``: (images, batch size, mode) per kind of pass of a stage."""
-        return sum(images / self.rate(batch, mode) for images, batch, mode in passes if images)
-
-    def timed_stage(self, name: str, run, images: int, passes) -> dict:
-        """``run`` timed ``rounds`` times, each against the bare rates of its ``passes``
-        measured right before and right after it (the mean of the two model times): the round
-        of median overhead, with the lowest and highest overhead of all rounds."""
-        before = self.fresh_model_seconds(passes)
+    def timed_stage(self, name: str, run, images: int, step_passes) -> dict:
+        """``run(after_step)`` timed ``rounds`` times; after each of its steps ``after_step``
+        runs the bare model's passes of one such step (``step_passes``: (batch, mode) each; the
+        first one's images are the step's), timed on their own. A round's stage time is its wall
+        time without them, its model time theirs, scaled to the stage's ``images`` (a last batch
+        may be short). Returned: the round of median overhead, with the lowest and highest
+        overhead of all rounds."""
+        passes = [self.bare_pass(batch, mode) for batch, mode in step_passes]
+        step_images = sum(self.key(*step_passes[0])[0])
         rounds = []
         for _ in range(self.rounds):
-            seconds = timed(run, self.device)
-            after = self.fresh_model_seconds(passes)
-            rounds.append(stage_figure(name, seconds, images, (before + after) / 2))
-            before = after
+            bare = {"seconds": 0.0, "steps": 0}
+
+            def after_step():
+                bare["seconds"] += timed(lambda: [run_pass() for run_pass in passes],
+                                         self.device)
+                bare["steps"] += 1
+
+            seconds = timed(lambda: run(after_step), self.device) - bare["seconds"]
+            scale = images / max(1, bare["steps"] * step_images)
+            rounds.append(stage_figure(name, seconds, images, bare["seconds"] * scale))
         rounds.sort(key=lambda figure: figure["overhead"])
         return {**rounds[len(rounds) // 2], "rounds": len(rounds),
                 "overhead_low": rounds[0]["overhead"], "overhead_high": rounds[-1]["overhead"]}
 
-    def fresh_model_seconds(self, passes) -> float:
-        for _, batch, mode in passes:
-            self.rates.pop(self.key(batch, mode), None)
-        return self.model_seconds(passes)
+    def bare_pass(self, batch, mode: str):
+        """One ``mode`` pass of ``batch`` as a function (its random inputs made once and kept,
+        warmed up); it leaves the model in the mode it found it in."""
+        key = self.key(batch, mode)
+        if key not in self.passes:
+            self.passes[key] = self._make_pass(*key)
+            for _ in range(3):
+                self.passes[key]()
+        return self.passes[key]
 
-    def _measure(self, batch_size: int, mode: str) -> float:
+    def _make_pass(self, parts: tuple[int, ...], mode: str):
         if mode not in PASS_MODES:
             raise ValueError(f"pass mode {mode!r} (allowed: {', '.join(PASS_MODES)})")
-        model, dtype, train = self.model, self.autocast_dtype, mode == STEP
-        x = torch.randn(batch_size, *self.shape, device=self.device)
-        y = torch.randint(0, 10, (batch_size,), device=self.device)
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+        model, dtype, optimizer = self.model, self.autocast_dtype, self.optimizer
+        train, model_mode = mode == STEP, mode != EVAL
+        xs = [torch.randn(part, *self.shape, device=self.device) for part in parts]
+        y = torch.randint(0, 10, (sum(parts),), device=self.device)
 
-        def step():
-            with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None), \
+        def run_pass():
+            found_mode = model.training
+            if found_mode != model_mode:
+                model.train(model_mode)
+            with torch.autocast(y.device.type, dtype=dtype, enabled=dtype is not None), \
                     torch.set_grad_enabled(train):
-                loss = F.cross_entropy(model(x), y)
+                loss = F.cross_entropy(torch.cat([model(x) for x in xs]), y)
             if train:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+            if found_mode != model_mode:
+                model.train(found_mode)
 
-        model.train(mode != EVAL)
-        for _ in range(3):
-            step()
-        count, elapsed = 0, 0.0
-        while elapsed < self.seconds:
-            elapsed += timed(step, self.device)
-            count += batch_size
-        model.train()
-        return count / elapsed
+        return run_pass
 
 
 def stage_figure(name: str, seconds: float, images: int, model_seconds: float) -> dict:
     return {"stage": name, "seconds": seconds, "images_per_s": images / seconds,
             "model_share": min(1.0, model_seconds / seconds),
             "overhead": max(0.0, 1 - model_seconds / seconds)}
+
+
+def after_each_step(optimizer, epoch, *args):
+    """A stage runner for ``BareModel.timed_stage``: ``epoch(*args)`` with ``after_step``
+    called after each of the optimiser's steps."""
+    def run(after_step):
+        hook = optimizer.register_step_post_hook(lambda *_: after_step())
+        try:
+            epoch(*args)
+        finally:
+            hook.remove()
+    return run
 
 
 def stage_figures(config, data, device: str, bare_seconds: float = 2.0,
@@ -141,55 +182,57 @@ def stage_figures(config, data, device: str, bare_seconds: float = 2.0,
     victim_step = step_settings(config, data, device, config.victim_batch_size, None)
     bare = BareModel(model, tuple(images.shape[1:]), device, step.autocast_dtype, bare_seconds,
                      rounds)
-    b = config.batch_size
+    b, eval_batch = config.batch_size, config.eval_batch_size
     bare_figures = {"train_batch": b, "train_images_per_s": bare.rate(b, STEP),
                     "victim_batch": config.victim_batch_size,
                     "victim_train_images_per_s": bare.rate(config.victim_batch_size, STEP),
-                    "eval_batch": config.eval_batch_size,
-                    "eval_images_per_s": bare.rate(config.eval_batch_size, EVAL)}
+                    "eval_batch": eval_batch,
+                    "eval_images_per_s": bare.rate(eval_batch, EVAL)}
 
     everything = torch.arange(n, device=device)
     suspicious, credible = everything[: n // 5], everything[n // 5:]
     m, u = credible.numel(), suspicious.numel()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    optimizer = bare_optimizer(model)  # its own: the bare passes step theirs
     victim_soft = torch.full((n, classes), 0.1, device=device).half()
 
-    def entropy_pass():
-        for logits in iterate_logits(model, images, step.normalize, config.eval_batch_size,
+    def entropy_pass(after_step):
+        for logits in iterate_logits(model, images, step.normalize, eval_batch,
                                      step.autocast_dtype):
             prediction_entropy(logits)
+            after_step()
 
     stages = [
-        bare.timed_stage("entropy pass", entropy_pass, n, [(n, config.eval_batch_size, EVAL)]),
+        bare.timed_stage("entropy pass", entropy_pass, n, [(eval_batch, EVAL)]),
         bare.timed_stage("victim epoch",
-                         lambda: plain_epoch(model, optimizer, images, labels, everything,
-                                             victim_step),
-                         n, [(n, config.victim_batch_size, STEP)]),
+                         after_each_step(optimizer, plain_epoch, model, optimizer, images,
+                                         labels, everything, victim_step),
+                         n, [(config.victim_batch_size, STEP)]),
         bare.timed_stage("plain epoch",
-                         lambda: plain_epoch(model, optimizer, images, labels, everything, step),
-                         n, [(n, b, STEP)])]
+                         after_each_step(optimizer, plain_epoch, model, optimizer, images,
+                                         labels, everything, step),
+                         n, [(b, STEP)])]
     # Two views per credible image (SST adds K views of an unlabeled batch). In the authors'
-    # passes (the default) every view and half goes through the model on its own, the no-grad
-    # ones in train mode; "joint" forwards the whole step's batch at once and takes the
-    # attention in one eval-mode pass.
-    views = 2 * m
+    # passes (the default) a training step forwards each half of the views and each unlabeled
+    # view on its own before its one backward, and the no-grad passes (attention, pseudo-labels)
+    # run one part at a time in train mode; "joint" forwards the whole step's batch at once and
+    # takes the attention in one eval-mode pass.
     joint = config.batchnorm_passes == "joint"
-    mix_passes = ([(views, 2 * b, STEP), (views, 2 * b, EVAL)] if joint
-                  else [(views, b, STEP), (views, b, BATCH_STATS)])
+    mix_passes = ([(2 * b, STEP), (2 * b, EVAL)] if joint
+                  else [((b, b), STEP), (b, BATCH_STATS), (b, BATCH_STATS)])
     stages.append(bare.timed_stage(
         "attentionmix epoch",
-        lambda: mix_epoch(model, optimizer, images, labels, credible, classes, step),
-        views, mix_passes))
-    sst = SSTSettings(config.sst_augmentations, 0.5, None, True, True,
-                      config.min_unlabeled_batch)
+        after_each_step(optimizer, mix_epoch, model, optimizer, images, labels, credible,
+                        classes, step),
+        2 * m, mix_passes))
+    k = config.sst_augmentations
+    sst = SSTSettings(k, 0.5, None, True, True, config.min_unlabeled_batch)
     _, u_batch = unlabeled_batch_size(m, u, b, config.min_unlabeled_batch)
-    k_views = config.sst_augmentations * u
-    sst_passes = ([(views + k_views, 2 * b + config.sst_augmentations * u_batch, STEP),
-                   (views, 2 * b, EVAL)] if joint
-                  else [*mix_passes, (k_views, u_batch, STEP), (k_views, u_batch, BATCH_STATS)])
+    sst_passes = ([(2 * b + k * u_batch, STEP), (2 * b, EVAL)] if joint
+                  else [((b, b, *[u_batch] * k), STEP), *[(b, BATCH_STATS)] * 2,
+                        *[(u_batch, BATCH_STATS)] * k])
     stages.append(bare.timed_stage(
         "sst epoch",
-        lambda: sst_epoch(model, optimizer, images, labels, credible, suspicious, victim_soft,
-                          classes, step, sst),
-        views + k_views, sst_passes))
+        after_each_step(optimizer, sst_epoch, model, optimizer, images, labels, credible,
+                        suspicious, victim_soft, classes, step, sst),
+        2 * m + k * u, sst_passes))
     return {"bare": bare_figures, "stages": stages}

@@ -10,8 +10,9 @@ time is the sum of those times, and the rest of its wall time (indexing, augment
 bookkeeping) is overhead. Interleaved step by step, both see the same moment of a CPU whose
 speed drifts by 10-20% from one second to the next on a shared machine; rates measured in a
 loop before and after a stage of 1-2 s put the same smoke-scale epoch anywhere between 0% and
-25% overhead. The tight-loop rates (``BareModel.rate``) are still shown as the bare model's
-throughput.
+25% overhead. On a GPU every step then ends in a synchronisation, so the launch latency the
+host's running ahead would hide counts as overhead. The tight-loop rates (``BareModel.rate``)
+are still shown as the bare model's throughput.
 """
 
 from __future__ import annotations

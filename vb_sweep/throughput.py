@@ -18,6 +18,7 @@ are still shown as the bare model's throughput.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -62,12 +63,12 @@ class BareModel:
     of a stage against the same passes interleaved with its steps."""
 
     def __init__(self, model, shape, device: str, autocast_dtype, seconds: float = 2.0,
-                 rounds: int = 1, optimizer=None):
+                 rounds: int = 1):
         self.model, self.shape, self.device = model, shape, device
         self.autocast_dtype, self.seconds, self.rounds = autocast_dtype, seconds, rounds
-        self.optimizer = optimizer or bare_optimizer(model)
+        self.optimizer = bare_optimizer(model)
         self.rates: dict[tuple[tuple[int, ...], str], float] = {}
-        self.passes: dict[tuple[tuple[int, ...], str], object] = {}
+        self.passes: dict[tuple[tuple[int, ...], str], Callable[[], None]] = {}
 
     @staticmethod
     def key(batch, mode: str) -> tuple[tuple[int, ...], str]:

@@ -53,7 +53,8 @@ def print_stage_figures(figures: dict) -> float:
 
 def grid_cost(config, shared: bool) -> float:
     """Wall time of the BadNets six-variant grid run trial after trial in this process, with a
-    fresh cache (the poisoned set and the Victim are built once either way)."""
+    fresh cache (the poisoned set and the Victim are built once either way); each trial's time
+    is printed as it ends (the first includes building the poisoned set and the Victim)."""
     from vb_sweep.cache import ArtifactCache
     from vb_sweep.config import DEFENSES
     from vb_sweep.trial import run_trial
@@ -62,8 +63,10 @@ def grid_cost(config, shared: bool) -> float:
     with tempfile.TemporaryDirectory() as folder:
         cache = ArtifactCache(folder)
         for defense in DEFENSES:
+            trial_started = time.perf_counter()
             run_trial(config.replace(attack="badnets", defense=defense,
                                      share_mix_stage=shared), cache=cache)
+            print(f"  {defense:<11} {time.perf_counter() - trial_started:6.0f} s", flush=True)
     return time.perf_counter() - started
 
 

@@ -54,7 +54,7 @@ def print_stage_figures(figures: dict) -> float:
 def grid_cost(config, shared: bool) -> float:
     """Wall time of the BadNets six-variant grid run trial after trial in this process, with a
     fresh cache (the poisoned set and the Victim are built once either way); each trial's time
-    is printed as it ends (the first includes building the poisoned set and the Victim)."""
+    is printed as it ends (the first trials to need the poisoned set and the Victim build them)."""
     from vb_sweep.cache import ArtifactCache
     from vb_sweep.config import DEFENSES
     from vb_sweep.trial import run_trial

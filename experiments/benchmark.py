@@ -13,7 +13,8 @@ median round is shown, with the range. It does so in float32 and, where the devi
 bf16 natively, in bf16.
 
 ``--grid`` also runs the BadNets six-variant grid twice in this process, once with the shared
-mix stage and once with every trial independent, and prints both wall times and their ratio.
+mix stage and once with every trial independent, variant by variant in turn, and prints both
+wall times and their ratio.
 """
 
 from __future__ import annotations
@@ -51,23 +52,31 @@ def print_stage_figures(figures: dict) -> float:
     return max(stage["overhead"] for stage in figures["stages"])
 
 
-def grid_cost(config, shared: bool) -> float:
-    """Wall time of the BadNets six-variant grid run trial after trial in this process, with a
-    fresh cache (the poisoned set and the Victim are built once either way); each trial's time
-    is printed as it ends (the first trials to need the poisoned set and the Victim build them)."""
+def grid_costs(config) -> tuple[float, float]:
+    """Wall times of the BadNets six-variant grid run trial after trial in this process, with
+    the shared mix stage and with every trial independent, each in a fresh cache (the poisoned
+    set and the Victim are built once either way, by the first trials that need them). The two
+    grids run interleaved, variant by variant, so a CPU whose speed drifts over the hour
+    slows both alike; each pair of trial times is printed as it ends."""
     from vb_sweep.cache import ArtifactCache
     from vb_sweep.config import DEFENSES
     from vb_sweep.trial import run_trial
 
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as folder:
-        cache = ArtifactCache(folder)
+    totals = {True: 0.0, False: 0.0}
+    print(f"  {'variant':<11} {'shared':>7} {'alone':>7}")
+    with tempfile.TemporaryDirectory() as shared_folder, \
+            tempfile.TemporaryDirectory() as alone_folder:
+        caches = {True: ArtifactCache(shared_folder), False: ArtifactCache(alone_folder)}
         for defense in DEFENSES:
-            trial_started = time.perf_counter()
-            run_trial(config.replace(attack="badnets", defense=defense,
-                                     share_mix_stage=shared), cache=cache)
-            print(f"  {defense:<11} {time.perf_counter() - trial_started:6.0f} s", flush=True)
-    return time.perf_counter() - started
+            seconds = {}
+            for shared in (True, False):
+                started = time.perf_counter()
+                run_trial(config.replace(attack="badnets", defense=defense,
+                                         share_mix_stage=shared), cache=caches[shared])
+                seconds[shared] = time.perf_counter() - started
+                totals[shared] += seconds[shared]
+            print(f"  {defense:<11} {seconds[True]:6.0f}s {seconds[False]:6.0f}s", flush=True)
+    return totals[True], totals[False]
 
 
 def precisions(device: str) -> list[bool]:
@@ -109,12 +118,11 @@ def main(argv=None) -> int:
         worst = print_stage_figures(stage_figures(config.replace(amp=amp), data, device,
                                                   rounds=args.rounds))
         print(f"  largest overhead {worst:.1%} (goal: under 10%)")
-    if args.grid:  # each half printed as it ends: at cpu scale each takes most of an hour
-        shared = grid_cost(config, shared=True)
-        print(f"\nBadNets six-variant grid, one process: {shared:.0f} s with the shared mix "
-              "stage", flush=True)
-        alone = grid_cost(config, shared=False)
-        print(f"{alone:.0f} s with every trial independent; ratio {shared / alone:.2f}")
+    if args.grid:  # at cpu scale the two grids take most of an hour each
+        print("\nBadNets six-variant grid, one process, with the shared mix stage and alone:")
+        shared, alone = grid_costs(config)
+        print(f"{shared:.0f} s with the shared mix stage, {alone:.0f} s with every trial "
+              f"independent; ratio {shared / alone:.2f}")
     return 0
 
 

@@ -108,6 +108,12 @@ def train_one_epoch(config, epoch, model, optimizer, data: BeneficiaryData,
                      victim_soft, data.num_classes, step, sst)
 
 
+def beneficiary_optimizer(model, config: TrialConfig) -> torch.optim.SGD:
+    """The Beneficiary's SGD (METHOD.md section 2) with the config's lr, momentum, weight decay."""
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
 def run_beneficiary(config: TrialConfig, model, data: BeneficiaryData, eval_set: EvalSet,
                     trajectory: VictimTrajectory | None, step: StepSettings,
                     on_epoch: Callable[[dict], None] | None = None,
@@ -116,8 +122,7 @@ def run_beneficiary(config: TrialConfig, model, data: BeneficiaryData, eval_set:
                     last_epoch: int | None = None) -> list[dict]:
     """Train the Beneficiary after the ``checkpoint``'s epoch (or from the start) up to
     ``last_epoch`` (default: ``config.epochs``); return the history records."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    optimizer = beneficiary_optimizer(model, config)
     history: list[dict] = []
     first_epoch = 1
     if checkpoint is not None:

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 
 from vb_sweep.artifacts import step_settings
 from vb_sweep.attacks import build_attack
+from vb_sweep.config import TrialConfig
+from vb_sweep.defense import beneficiary_optimizer
 from vb_sweep.engine import SSTSettings, mix_epoch, plain_epoch, sst_epoch, unlabeled_batch_size
 from vb_sweep.metrics import iterate_logits
 from vb_sweep.device import place_model
@@ -52,21 +54,16 @@ STEP, EVAL, BATCH_STATS = "step", "eval", "batch-stats"
 PASS_MODES = (STEP, EVAL, BATCH_STATS)
 
 
-def bare_optimizer(model) -> torch.optim.Optimizer:
-    """The Beneficiary's optimiser (METHOD.md section 2), for the bare model and the stages."""
-    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-
-
 class BareModel:
     """The bare model on random tensors: its images/s in each pass mode, measured once per batch
     (a size, or the sizes of the parts one step forwards separately) and mode, and the timing
     of a stage against the same passes interleaved with its steps."""
 
     def __init__(self, model, shape, device: str, autocast_dtype, seconds: float = 2.0,
-                 rounds: int = 1):
+                 rounds: int = 1, config: TrialConfig | None = None):
         self.model, self.shape, self.device = model, shape, device
         self.autocast_dtype, self.seconds, self.rounds = autocast_dtype, seconds, rounds
-        self.optimizer = bare_optimizer(model)
+        self.optimizer = beneficiary_optimizer(model, config or TrialConfig())
         self.rates: dict[tuple[tuple[int, ...], str], float] = {}
         self.passes: dict[tuple[tuple[int, ...], str], Callable[[], None]] = {}
 
@@ -183,7 +180,7 @@ def stage_figures(config, data, device: str, bare_seconds: float = 2.0,
     step = step_settings(config, data, device, config.batch_size, config.crop_padding)
     victim_step = step_settings(config, data, device, config.victim_batch_size, None)
     bare = BareModel(model, tuple(images.shape[1:]), device, step.autocast_dtype, bare_seconds,
-                     rounds)
+                     rounds, config)
     b, eval_batch = config.batch_size, config.eval_batch_size
     bare_figures = {"train_batch": b, "train_images_per_s": bare.rate(b, STEP),
                     "victim_batch": config.victim_batch_size,
@@ -194,7 +191,7 @@ def stage_figures(config, data, device: str, bare_seconds: float = 2.0,
     everything = torch.arange(n, device=device)
     suspicious, credible = everything[: n // 5], everything[n // 5:]
     m, u = credible.numel(), suspicious.numel()
-    optimizer = bare_optimizer(model)  # its own: the bare passes step theirs
+    optimizer = beneficiary_optimizer(model, config)  # its own: the bare passes step theirs
     victim_soft = torch.full((n, classes), 0.1, device=device).half()
 
     def entropy_pass(after_step):

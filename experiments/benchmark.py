@@ -12,9 +12,11 @@ bookkeeping) is overhead; the goal is under 10%. Each stage runs ``--rounds`` ti
 median round is shown, with the range. It does so in float32 and, where the device computes
 bf16 natively, in bf16.
 
-``--grid`` also runs the BadNets six-variant grid twice in this process, once with the shared
-mix stage and once with every trial independent, variant by variant in turn, and prints both
-wall times and their ratio.
+``--grid`` also runs the BadNets six-variant grid three times in this process, variant by
+variant in turn: with everything shared (poisoned set, Victim, mix stage), with the mix stage
+trained by every mixing variant (the Victim still shared), and with every trial independent
+(its own poisoned set, Victim and mix stage, as a lone ``vb-sweep run`` in an empty cache);
+it prints the wall times and the shared grid's ratio to each of the other two.
 """
 
 from __future__ import annotations
@@ -52,31 +54,43 @@ def print_stage_figures(figures: dict) -> float:
     return max(stage["overhead"] for stage in figures["stages"])
 
 
-def grid_costs(config) -> tuple[float, float]:
-    """Wall times of the BadNets six-variant grid run trial after trial in this process, with
-    the shared mix stage and with every trial independent, each in a fresh cache (the poisoned
-    set and the Victim are built once either way, by the first trials that need them). The two
-    grids run interleaved, variant by variant, so a CPU whose speed drifts over the hour
-    slows both alike; each pair of trial times is printed as it ends."""
+GRID_MODES = {
+    # name: (share_mix_stage, one cache for the whole grid)
+    "shared": (True, True),        # poisoned set, Victim and mix stage built once
+    "mix apart": (False, True),    # poisoned set and Victim built once, every mix stage trained
+    "independent": (False, False),  # every trial builds all three itself, as a lone run does
+}
+
+
+def grid_costs(config) -> dict[str, float]:
+    """Wall times of the BadNets six-variant grid run trial after trial in this process in each
+    of ``GRID_MODES``. Cached artifacts live in temporary folders: one for the whole grid, or a
+    fresh one per trial for the independent trials. The modes run interleaved, variant by
+    variant, so a CPU whose speed drifts over the hour slows all alike; each variant's times
+    are printed as it ends."""
     from vb_sweep.cache import ArtifactCache
     from vb_sweep.config import DEFENSES
     from vb_sweep.trial import run_trial
 
-    totals = {True: 0.0, False: 0.0}
-    print(f"  {'variant':<11} {'shared':>7} {'alone':>7}")
-    with tempfile.TemporaryDirectory() as shared_folder, \
-            tempfile.TemporaryDirectory() as alone_folder:
-        caches = {True: ArtifactCache(shared_folder), False: ArtifactCache(alone_folder)}
+    totals = dict.fromkeys(GRID_MODES, 0.0)
+    print(f"  {'variant':<11}" + "".join(f" {mode:>12}" for mode in GRID_MODES))
+    with tempfile.TemporaryDirectory() as root:
+        grid_caches = {mode: ArtifactCache(Path(root) / mode.replace(" ", "_"))
+                       for mode in GRID_MODES}
         for defense in DEFENSES:
             seconds = {}
-            for shared in (True, False):
-                started = time.perf_counter()
-                run_trial(config.replace(attack="badnets", defense=defense,
-                                         share_mix_stage=shared), cache=caches[shared])
-                seconds[shared] = time.perf_counter() - started
-                totals[shared] += seconds[shared]
-            print(f"  {defense:<11} {seconds[True]:6.0f}s {seconds[False]:6.0f}s", flush=True)
-    return totals[True], totals[False]
+            for mode, (share_mix_stage, one_cache) in GRID_MODES.items():
+                trial_config = config.replace(attack="badnets", defense=defense,
+                                              share_mix_stage=share_mix_stage)
+                with tempfile.TemporaryDirectory(dir=root) as trial_folder:
+                    cache = grid_caches[mode] if one_cache else ArtifactCache(trial_folder)
+                    started = time.perf_counter()
+                    run_trial(trial_config, cache=cache)
+                    seconds[mode] = time.perf_counter() - started
+                totals[mode] += seconds[mode]
+            print(f"  {defense:<11}" + "".join(f" {seconds[mode]:11.0f}s" for mode in GRID_MODES),
+                  flush=True)
+    return totals
 
 
 def precisions(device: str) -> list[bool]:
@@ -118,11 +132,12 @@ def main(argv=None) -> int:
         worst = print_stage_figures(stage_figures(config.replace(amp=amp), data, device,
                                                   rounds=args.rounds))
         print(f"  largest overhead {worst:.1%} (goal: under 10%)")
-    if args.grid:  # at cpu scale the two grids take most of an hour each
-        print("\nBadNets six-variant grid, one process, with the shared mix stage and alone:")
-        shared, alone = grid_costs(config)
-        print(f"{shared:.0f} s with the shared mix stage, {alone:.0f} s with every trial "
-              f"independent; ratio {shared / alone:.2f}")
+    if args.grid:  # at cpu scale the three grids take over an hour
+        print("\nBadNets six-variant grid, one process, in each way of sharing:")
+        totals = grid_costs(config)
+        print("  total      " + "".join(f" {totals[mode]:11.0f}s" for mode in GRID_MODES))
+        for baseline in ("mix apart", "independent"):
+            print(f"shared / {baseline}: {totals['shared'] / totals[baseline]:.2f}")
     return 0
 
 

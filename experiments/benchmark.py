@@ -64,10 +64,10 @@ GRID_MODES = {
 
 def grid_costs(config) -> dict[str, float]:
     """Wall times of the BadNets six-variant grid run trial after trial in this process in each
-    of ``GRID_MODES``. Cached artifacts live in temporary folders: one for the whole grid, or a
-    fresh one per trial for the independent trials. The modes run interleaved, variant by
-    variant, so a CPU whose speed drifts over the hour slows all alike; each variant's times
-    are printed as it ends."""
+    of ``GRID_MODES``. Cached artifacts live in a temporary folder per mode, and in a folder of
+    its own for each independent trial. The modes run interleaved, variant by variant, so a CPU
+    whose speed drifts over the hour slows all alike; each variant's times are printed as it
+    ends."""
     from vb_sweep.cache import ArtifactCache
     from vb_sweep.config import DEFENSES
     from vb_sweep.trial import run_trial
@@ -75,18 +75,16 @@ def grid_costs(config) -> dict[str, float]:
     totals = dict.fromkeys(GRID_MODES, 0.0)
     print(f"  {'variant':<11}" + "".join(f" {mode:>12}" for mode in GRID_MODES))
     with tempfile.TemporaryDirectory() as root:
-        grid_caches = {mode: ArtifactCache(Path(root) / mode.replace(" ", "_"))
-                       for mode in GRID_MODES}
         for defense in DEFENSES:
             seconds = {}
             for mode, (share_mix_stage, one_cache) in GRID_MODES.items():
+                folder = Path(root) / mode.replace(" ", "_")
+                cache = ArtifactCache(folder if one_cache else folder / defense)
                 trial_config = config.replace(attack="badnets", defense=defense,
                                               share_mix_stage=share_mix_stage)
-                with tempfile.TemporaryDirectory(dir=root) as trial_folder:
-                    cache = grid_caches[mode] if one_cache else ArtifactCache(trial_folder)
-                    started = time.perf_counter()
-                    run_trial(trial_config, cache=cache)
-                    seconds[mode] = time.perf_counter() - started
+                started = time.perf_counter()
+                run_trial(trial_config, cache=cache)
+                seconds[mode] = time.perf_counter() - started
                 totals[mode] += seconds[mode]
             print(f"  {defense:<11}" + "".join(f" {seconds[mode]:11.0f}s" for mode in GRID_MODES),
                   flush=True)

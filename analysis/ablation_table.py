@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--t-m", type=fraction, metavar="X", help="only rows with this t_m")
     parser.add_argument("--findings", action="store_true",
                         help="instead of the table, whether the grid supports each of the "
-                             "paper's findings (METHOD.md section 4), with the deciding cells")
+                             "paper's findings (docs/method.md section 4), with the deciding cells")
     parser.add_argument("--noise", type=fraction, default=DEFAULT_NOISE, metavar="X",
                         help="with --findings: differences of one-seed cells within X count as "
                              f"noise (default {DEFAULT_NOISE})")

@@ -1,4 +1,4 @@
-"""The paper's findings (METHOD.md section 4), checked against a results grid.
+"""The paper's findings (docs/method.md section 4), checked against a results grid.
 
     verdicts = check_findings(load_trials("results/ablation-cpu"))    # a DataFrame
     print(render_findings(verdicts))
@@ -143,8 +143,8 @@ def check_findings(trials: pd.DataFrame, noise: float = DEFAULT_NOISE, **filters
 def render_findings(verdicts: pd.DataFrame) -> str:
     """Markdown: one list per section, a line per finding and attack."""
     if verdicts.empty:
-        return "## Findings (METHOD.md section 4)\n\nNo trials.\n"
-    parts = ["## Findings (METHOD.md section 4)"]
+        return "## Findings (docs/method.md section 4)\n\nNo trials.\n"
+    parts = ["## Findings (docs/method.md section 4)"]
     for _, first in verdicts.drop_duplicates(SECTION_KEYS).iterrows():
         section = {key: first[key] for key in SECTION_KEYS}
         mask = pd.Series(True, index=verdicts.index)

@@ -21,7 +21,7 @@ How rows are matched:
   preset and target, whatever thresholds it recorded.
 - One value per seed: when a seed has several 'ok' rows in a cell, the latest one counts.
 - DER = [max(0, ASR_none - ASR_def) - max(0, BA_none - BA_def) + 1] / 2 per seed, against the
-  `none` run with the same attack, dataset, poison_rate, seed, preset and target (METHOD.md 6).
+  `none` run with the same attack, dataset, poison_rate, seed, preset and target (docs/method.md 6).
 """
 
 from __future__ import annotations

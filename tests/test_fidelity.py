@@ -1,4 +1,4 @@
-"""How the networks run, as in the authors' code (METHOD.md section 9): BatchNorm passes,
+"""How the networks run, as in the authors' code (docs/method.md section 9): BatchNorm passes,
 initialisation, the reported best epoch, and cache keys that cover the precision."""
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from analysis import ablation_table
 from analysis.findings import FAILS, HOLDS, UNKNOWN, check_findings
 from tests.test_analysis import trial_row, write_results
 
-# (defense -> (BA, ASR)) per attack: a grid where every finding of METHOD.md section 4 holds.
+# (defense -> (BA, ASR)) per attack: a grid where every finding of docs/method.md section 4 holds.
 PAPER_LIKE = {
     "blend": {"none": (0.93, 0.99), "F": (0.92, 0.97), "F+AT": (0.90, 0.20),
               "F+AT+SST": (0.92, 0.30), "F+AT+SST+S": (0.92, 0.05), "vab": (0.91, 0.01)},
@@ -86,7 +86,7 @@ def test_command_line_prints_the_findings(tmp_path, capsys):
     folder = write_results(tmp_path / "grid", grid_rows(PAPER_LIKE))
     assert ablation_table.main([str(folder), "--findings"]) == 0
     printed = capsys.readouterr().out
-    assert printed.startswith("## Findings (METHOD.md section 4)")
+    assert printed.startswith("## Findings (docs/method.md section 4)")
     expected = ("filtering alone fails (blend): F ASR 0.97 vs none ASR 0.99 (F fails while its "
                 "ASR >= 0.50), margin +0.47 — **holds**")
     assert expected in printed

@@ -1,4 +1,4 @@
-"""The formulas of METHOD.md sections 1-3, each checked against hand-computed values."""
+"""The formulas of docs/method.md sections 1-3, each checked against hand-computed values."""
 
 import math
 

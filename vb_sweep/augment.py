@@ -45,6 +45,6 @@ def random_flip(images: torch.Tensor) -> torch.Tensor:
 
 
 def standard_augment(images: torch.Tensor, padding: int, flip: bool = True) -> torch.Tensor:
-    """Random crop with padding and horizontal flip (METHOD.md section 2), on uint8."""
+    """Random crop with padding and horizontal flip (docs/method.md section 2), on uint8."""
     cropped = random_crop(images, padding)
     return random_flip(cropped) if flip else cropped

@@ -87,7 +87,7 @@ def add_trial_options(parser: argparse.ArgumentParser) -> None:
                         help="fixes poisoning, splits and training (default 0)")
     parser.add_argument("--target", type=int, default=None, help="target class (default 0)")
     parser.add_argument("--poison-rate", type=float, default=None,
-                        help="a fraction in [0, 1] (default: the attack's rate, METHOD.md)")
+                        help="a fraction in [0, 1] (default: the attack's rate, docs/method.md)")
     parser.add_argument("--t-f", type=float, default=None,
                         help="filtering threshold in [0, 1]: samples whose min-max normalised "
                              "entropy is below it are held out as suspicious (default 0.2)")

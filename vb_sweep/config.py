@@ -1,4 +1,4 @@
-"""Trial configuration: every constant of METHOD.md is a field here, presets fill them in.
+"""Trial configuration: every constant of docs/method.md is a field here, presets fill them in.
 
 A ``TrialConfig`` is a flat dataclass of JSON-able values, so it is at once the Ray Tune param
 space entry, the MLflow params of a trial and the descriptive columns of its Parquet row.
@@ -19,7 +19,7 @@ DEFENSES = ("none", "F", "F+AT", "F+AT+SST", "F+AT+SST+S", "vab")
 AUGMENTS = ("attentionmix", "mixup", "cutmix", "attentive_cutmix")
 PRESETS = ("smoke", "cpu", "paper")
 ATTENTION_INTERPOLATIONS = ("bilinear", "nearest")
-# How the Beneficiary's passes of a mixing step meet BatchNorm (METHOD.md section 9):
+# How the Beneficiary's passes of a mixing step meet BatchNorm (docs/method.md section 9):
 # - "authors": as the authors' code runs them. The no-grad passes (the attention on the clean
 #   views, SST's pseudo-labels on the unlabeled views) run in train mode, one view at a time, so
 #   batch statistics normalise them and BN's running statistics see clean images; the training
@@ -72,7 +72,7 @@ class TrialConfig:
     t_f: float = 0.2
     t_m: float = 0.1
     seed: int = 0
-    # -- Beneficiary schedule (METHOD.md section 2/3, scaled by preset) ----------------------
+    # -- Beneficiary schedule (docs/method.md section 2/3, scaled by preset) ----------------------
     epochs: int = 200
     mix_epochs: int = 100                  # epochs 1..mix_epochs: Dc with AttentionMix; then SST
     batch_size: int = 128
@@ -83,7 +83,7 @@ class TrialConfig:
     lr_gamma: float = 0.1
     crop_padding: int = 4
     horizontal_flip: bool | None = None    # None: on, except for gtsrb (mirror-image classes)
-    # -- Victim (METHOD.md section 1) ------------------------------------------------------
+    # -- Victim (docs/method.md section 1) ------------------------------------------------------
     victim_model: str | None = None        # None: the Beneficiary's model (the authors': resnet18)
     victim_lr: float = 1e-3
     victim_weight_decay: float = 5e-4
@@ -132,8 +132,8 @@ class TrialConfig:
     @property
     def victim_network(self) -> str:
         """The Victim's architecture. The authors' Victim is a ResNet-18 whatever the
-        Beneficiary's (METHOD.md section 9); the smoke and cpu presets give it the Beneficiary's
-        small network, which a CPU trains in minutes."""
+        Beneficiary's (docs/method.md section 9); the smoke and cpu presets give it the
+        Beneficiary's small network, which a CPU trains in minutes."""
         return self.victim_model or self.model
 
     def to_dict(self) -> dict[str, Any]:
@@ -245,7 +245,7 @@ def check_device_present(device: str) -> None:
 
 
 def scaled_schedule(epochs: int) -> dict[str, Any]:
-    """The METHOD.md schedule (200 epochs) scaled to ``epochs``, keeping the stage proportions:
+    """The docs/method.md schedule (200 epochs) scaled to ``epochs``, keeping the stage proportions:
     LR milestones at 1/4, 1/2, 3/4, the mix stage in the first half, lambda_u's switch at 3/4.
     The Victim's re-split period is not scaled: it stays ``resplit_every`` (the authors' every
     5th mix epoch) at any length. Scaled, it would round to 1 below 60 epochs, a re-split after
@@ -283,8 +283,8 @@ PRESET_VALUES: dict[str, dict[str, Any]] = {
               "batch_size": 64, "victim_batch_size": 32, "eval_batch_size": 512, "t_m": 0.5,
               **scaled_schedule(16), "lr_milestones": (8, 12, 14)},
     # A CIFAR-10 subset big enough for the Victim to learn the trigger in one epoch
-    # (METHOD.md section 8: ~20,000 images) and a small network, for the Victim too (the authors'
-    # ResNet-18 Victim trains 23x fewer images per second on one AVX2 core).
+    # (docs/method.md section 8: ~20,000 images) and a small network, for the Victim too (the
+    # authors' ResNet-18 Victim trains 23x fewer images per second on one AVX2 core).
     # - The Victim re-splits every 5th epoch of the mix stage, the authors' ratio (scaled to 20
     #   epochs it would round to 1): 14 Victim epochs instead of 22, its trajectory 864 s
     #   instead of 1,265 (2 AVX2 cores, beside other trials). BadNets, seed 0, last epoch:

@@ -1,4 +1,4 @@
-"""The Beneficiary's run for each defense variant (METHOD.md sections 2-4).
+"""The Beneficiary's run for each defense variant (docs/method.md sections 2-4).
 
 ``run_beneficiary`` trains B epoch by epoch on the variant's data — all of D (none), the credible
 set (F), with the mixing augmentation (F+AT), then semi-supervised with or without suppression —
@@ -109,7 +109,8 @@ def train_one_epoch(config, epoch, model, optimizer, data: BeneficiaryData,
 
 
 def beneficiary_optimizer(model, config: TrialConfig) -> torch.optim.SGD:
-    """The Beneficiary's SGD (METHOD.md section 2) with the config's lr, momentum, weight decay."""
+    """The Beneficiary's SGD (docs/method.md section 2) with the config's lr, momentum and
+    weight decay."""
     return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                            weight_decay=config.weight_decay)
 

@@ -206,7 +206,7 @@ def _unlabeled_batches(unlabeled_idx: torch.Tensor, u_batch: int, steps: int):
 
 def sst_epoch(model, optimizer, images, labels, labeled_idx, unlabeled_idx, victim_soft,
               num_classes, settings: StepSettings, sst: SSTSettings) -> EpochStats:
-    """Semi-supervised suppression training (METHOD.md section 3) on the mixed labeled batch
+    """Semi-supervised suppression training (docs/method.md section 3) on the mixed labeled batch
     and K views of an unlabeled batch; ``settings.batchnorm_passes`` says how they meet the
     model (separate passes, pseudo-labels from no-grad passes; or one joint forward)."""
     model.train()

@@ -1,4 +1,4 @@
-"""Metrics of METHOD.md section 6: BA, ASR, RA, filter quality, DER."""
+"""Metrics of docs/method.md section 6: BA, ASR, RA, filter quality, DER."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""AttentionMix (METHOD.md section 2) and the three augmentations it is compared with.
+"""AttentionMix (docs/method.md section 2) and the three augmentations it is compared with.
 
 Every mixer takes a float batch ``images`` (B, C, H, W), soft ``targets`` (B, K) and, for the
 attention-based ones, the attention maps ``attention`` (B, h, w) that the Beneficiary computed

@@ -139,7 +139,7 @@ def skip_file(path: Path, reason: str) -> None:
 
 
 def der(ba_none, asr_none, ba_def, asr_def):
-    """Defense effectiveness rate (METHOD.md section 6); fractions in, a fraction out."""
+    """Defense effectiveness rate (docs/method.md section 6); fractions in, a fraction out."""
     asr_drop = np.maximum(0.0, np.asarray(asr_none) - np.asarray(asr_def))
     ba_drop = np.maximum(0.0, np.asarray(ba_none) - np.asarray(ba_def))
     return (asr_drop - ba_drop + 1.0) / 2.0

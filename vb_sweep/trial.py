@@ -147,7 +147,7 @@ def trial_row(config: TrialConfig, sweep: str, trial_id: str, history: list[dict
 
 
 def best_epoch(history: list[dict]) -> dict:
-    """What the paper's tables report (METHOD.md section 9): the BA of the epoch with the
+    """What the paper's tables report (docs/method.md section 9): the BA of the epoch with the
     highest test BA, that epoch's ASR, and the epoch (the first one, on a tie)."""
     trained = [record for record in history if record.get("ba") is not None]
     best = max(trained, key=lambda record: record["ba"])  # max keeps the first of equals

@@ -1,4 +1,4 @@
-"""The Victim (METHOD.md section 1): entropy-based filtering and its whole trajectory.
+"""The Victim (docs/method.md section 1): entropy-based filtering and its whole trajectory.
 
 The Victim never depends on the Beneficiary, so its run is computed once per (poisoned set,
 t_f, Victim settings, schedule, seed) and cached: the split the Beneficiary uses at each of its
@@ -100,7 +100,7 @@ class VictimSettings:
 
 def run_victim(model, optimizer, images, labels, settings: VictimSettings, step: StepSettings,
                on_split: Callable[[str, int, VictimState], None] | None = None) -> VictimTrajectory:
-    """Train the Victim on the METHOD.md schedule and record every split."""
+    """Train the Victim on the docs/method.md schedule and record every split."""
     entropy = SmoothedEntropy(settings.smoothing)
     everything = torch.arange(labels.numel(), device=labels.device)
 

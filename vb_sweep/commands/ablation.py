@@ -56,7 +56,7 @@ def build_parser(prog: str = PROG) -> OneLineErrorParser:
     grid.add_argument("--datasets", nargs="+", default=None,
                       help=f"{' '.join(DATASETS.names())}; default: the preset's")
     grid.add_argument("--poison-rates", nargs="+", type=float, default=None,
-                      help="fractions in [0, 1]; default: each attack's rate (METHOD.md)")
+                      help="fractions in [0, 1]; default: each attack's rate (docs/method.md)")
     grid.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0")
     grid.add_argument("--t-f", nargs="+", type=float, default=None,
                       help="filtering thresholds in [0, 1] (default 0.1)")

@@ -47,7 +47,7 @@ def build_parser(prog: str = PROG) -> OneLineErrorParser:
     cell.add_argument("--attack", required=True, help=" | ".join(ATTACKS.names()))
     cell.add_argument("--dataset", default=None, help="default: the preset's")
     cell.add_argument("--poison-rate", type=float, default=None,
-                      help="a fraction in [0, 1]; default: the attack's rate (METHOD.md)")
+                      help="a fraction in [0, 1]; default: the attack's rate (docs/method.md)")
     cell.add_argument("--defense", default="vab",
                       help=" | ".join(DEFENSES[1:]) + " (default vab)")
     cell.add_argument("--seed", type=int, default=0, help="seed of the poisoning and training")

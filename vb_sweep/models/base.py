@@ -34,7 +34,7 @@ def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Seq
 
 
 def init_as_authors(model: nn.Module) -> nn.Module:
-    """The authors' ResNet initialisation (METHOD.md section 9): Kaiming-normal (fan_out, ReLU
+    """The authors' ResNet initialisation (docs/method.md section 9): Kaiming-normal (fan_out, ReLU
     gain) convolution weights, BatchNorm at weight 1 and bias 0; linear layers keep PyTorch's
     default. Draws from torch's global generator: build the model under the seed it should
     have. The ResNets (the authors' networks) call it; the project's small CNNs keep PyTorch's

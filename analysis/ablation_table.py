@@ -1,11 +1,14 @@
 """The paper's Table 4 (and the augmentation comparison) from a results folder.
 
-    python analysis/ablation_table.py RESULTS_DIR [--format md|latex|html|csv] [--out FILE]
-        [--dataset D] [--poison-rate R] [--preset P] [--t-f X] [--t-m X] [--epoch last|best]
-        [--findings [--noise X]]
+    python analysis/ablation_table.py RESULTS_DIR [RESULTS_DIR ...] [--format md|latex|html|csv]
+        [--out FILE] [--dataset D] [--poison-rate R] [--preset P] [--t-f X] [--t-m X]
+        [--epochs N] [--epoch last|best] [--findings [--noise X] | --by-epochs]
 
 Rows: none, F, F+AT, F+AT+SST, F+AT+SST+S, vab; per attack BA, ASR and DER in percent, mean ±
-std over seeds. The logic is in ``analysis.tables``; this is its command line.
+std over seeds; one table per dataset, rate, preset, target, threshold pair and schedule length.
+--by-epochs instead sets each variant's cells against the schedule length (a sweep run with
+``--epochs 20 50 100 200``, or several folders). The logic is in ``analysis.tables``; this is its
+command line.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ if __package__ in (None, ""):  # run as a script: make `analysis` and `vb_sweep`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.findings import DEFAULT_NOISE, check_findings, render_findings  # noqa: E402
-from analysis.tables import FORMATS, load_trials, report  # noqa: E402
+from analysis.tables import (FORMATS, load_trials, render_schedule_curve, report,  # noqa: E402
+                             schedule_curve)
 from vb_sweep.commands.options import OneLineErrorParser  # noqa: E402
 from vb_sweep.errors import ConfigError, check_fraction  # noqa: E402
 from vb_sweep.results import REPORTED_EPOCHS, at_reported_epoch  # noqa: E402
@@ -31,10 +35,17 @@ def fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number in [0, 1]") from None
 
 
+def positive_integer(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
+    return int(text)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineErrorParser(prog="ablation_table.py", description=__doc__.splitlines()[0])
-    parser.add_argument("results_dir", metavar="RESULTS_DIR", type=Path,
-                        help="a sweep's output folder (holds trials/*.parquet)")
+    parser.add_argument("results_dirs", metavar="RESULTS_DIR", type=Path, nargs="+",
+                        help="a sweep's output folder (holds trials/*.parquet); several are "
+                             "read as one table")
     parser.add_argument("--format", choices=FORMATS, default="md",
                         help=f"{' | '.join(FORMATS)} (default md)")
     parser.add_argument("--out", type=Path, metavar="FILE", help="write here instead of stdout")
@@ -44,25 +55,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--preset", help="only this preset's rows")
     parser.add_argument("--t-f", type=fraction, metavar="X", help="only rows with this t_f")
     parser.add_argument("--t-m", type=fraction, metavar="X", help="only rows with this t_m")
+    parser.add_argument("--epochs", type=positive_integer, metavar="N",
+                        help="only rows of this schedule length")
     parser.add_argument("--findings", action="store_true",
                         help="instead of the table, whether the grid supports each of the "
                              "paper's findings (docs/method.md section 4), with the deciding cells")
+    parser.add_argument("--by-epochs", action="store_true",
+                        help="instead of the table, each variant's BA / ASR against the schedule "
+                             "length, with its BA minus the no-defense BA at that length (md or "
+                             "csv)")
     parser.add_argument("--noise", type=fraction, default=DEFAULT_NOISE, metavar="X",
                         help="with --findings: differences of one-seed cells within X count as "
                              f"noise (default {DEFAULT_NOISE})")
     parser.add_argument("--epoch", choices=REPORTED_EPOCHS, default="last",
                         help="BA/ASR of the last epoch (default) or of the best-BA epoch, as the "
                              "paper's tables report")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.findings and args.by_epochs:
+        parser.error("argument --by-epochs: not allowed with --findings (one view at a time)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        trials = load_trials(args.results_dir)
+        trials = load_trials(*args.results_dirs)
         filters = dict(dataset=args.dataset, poison_rate=args.poison_rate, preset=args.preset,
-                       t_f=args.t_f, t_m=args.t_m)
-        if args.findings:
+                       t_f=args.t_f, t_m=args.t_m, epochs=args.epochs)
+        if args.by_epochs:
+            curve = schedule_curve(at_reported_epoch(trials, args.epoch), **filters)
+            text = render_schedule_curve(curve, args.format, args.epoch)
+        elif args.findings:
             text = render_findings(check_findings(at_reported_epoch(trials, args.epoch),
                                                   args.noise, **filters))
         else:

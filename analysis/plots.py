@@ -9,7 +9,9 @@
 Figures: variant_bars (BA/ASR per variant and attack), entropy_histogram_<attack> (the paper's
 Figure 1: normalised entropy of poisoned vs benign training samples at one split),
 filter_quality_<attack> (precision/recall and set sizes over the splits), thresholds_<...>
-(t_f x t_m heatmaps of BA and ASR), pareto_front (the Optuna search's front over all trials).
+(t_f x t_m heatmaps of BA and ASR), schedule_curve_<attack> (each variant's BA against no
+defense's, and its ASR, over the schedule lengths of a sweep run with several --epochs),
+pareto_front (the Optuna search's front over all trials).
 Figures are built with matplotlib's object API (no pyplot state), rendered by Agg.
 """
 
@@ -30,14 +32,14 @@ if __package__ in (None, ""):  # run as a script: make `analysis` and `vb_sweep`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.tables import (  # noqa: E402
-    SECTION_KEYS, ablation_grid, blank_unused_settings, describe_section, is_ok,
-    ordered_attacks, split_sections,
+    CURVE_KEYS, SECTION_KEYS, ablation_grid, blank_unused_settings, describe_section, is_ok,
+    ordered_attacks, schedule_curve, split_sections,
 )
 from vb_sweep.commands.options import OneLineErrorParser  # noqa: E402
 from vb_sweep.commands.search import PARETO_FILE, STUDY_FILE  # noqa: E402
 from vb_sweep.config import DEFENSES  # noqa: E402
 from vb_sweep.figures import draw_training_curves  # noqa: E402
-from vb_sweep.results import read_history, read_trials  # noqa: E402
+from vb_sweep.results import at_reported_epoch, read_history, read_trials  # noqa: E402
 
 DPI = 150
 VARIANT_COLORS = dict(zip(DEFENSES, ("#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd",
@@ -313,6 +315,66 @@ def variant_bars_figure(section_grid: pd.DataFrame, title: str = "") -> Figure |
 
 
 # ---------------------------------------------------------------------------------------------
+# Schedule length
+
+def schedule_curve_figure(last: pd.DataFrame, best: pd.DataFrame | None = None,
+                          title: str = "") -> Figure | None:
+    """Two panels over the number of epochs, one line per variant: BA minus the no-defense BA
+    at the same length, and ASR; the last epoch's figures solid, the best-BA epoch's dashed.
+    ``last`` and ``best``: one section and attack of ``schedule_curve``."""
+    if last.empty:
+        return None
+    fig, axes = new_figure(7, 6.5, rows=2, sharex=True)
+    gap_ax, asr_ax = axes[0, 0], axes[1, 0]
+    for curve, style, which in ((last, "-", "last epoch"), (best, "--", "best-BA epoch")):
+        if curve is None or curve.empty:
+            continue
+        for variant in [d for d in DEFENSES if d in set(curve["defense"])]:
+            rows = curve[curve["defense"] == variant].sort_values("epochs")
+            color = VARIANT_COLORS.get(variant)
+            if variant != "none":
+                gap_ax.plot(rows["epochs"], 100 * rows["ba_vs_none"], style, marker="o",
+                            color=color, label=f"{variant} ({which})")
+            asr_ax.plot(rows["epochs"], 100 * rows["asr_mean"], style, marker="o", color=color,
+                        label=f"{variant} ({which})")
+    gap_ax.axhline(0, color="#7f7f7f", linewidth=0.8)
+    gap_ax.set_ylabel("BA - BA of no defense (points)")
+    asr_ax.set_ylabel("ASR (%)")
+    asr_ax.set_ylim(-2, 102)
+    lengths = sorted(last["epochs"].unique())
+    asr_ax.set_xscale("log")
+    asr_ax.set_xticks(lengths, [str(int(n)) for n in lengths])
+    asr_ax.minorticks_off()
+    asr_ax.set_xlabel("Beneficiary epochs (the schedule scaled to each)")
+    for ax in (gap_ax, asr_ax):
+        ax.grid(alpha=0.3)
+    asr_ax.legend(fontsize=7, ncols=2)
+    gap_ax.set_title(title, fontsize=9)
+    return fig
+
+
+def render_schedule_curves(trials: pd.DataFrame, out_dir: Path, note: Note) -> list[Path]:
+    last = schedule_curve(trials) if not trials.empty else pd.DataFrame()
+    if last.empty:
+        note("skipped schedule_curve: no section was run at two or more schedule lengths")
+        return []
+    has_best = "best_ba" in trials and trials.loc[is_ok(trials), "best_ba"].notna().all()
+    best = schedule_curve(at_reported_epoch(trials, "best")) if has_best else None
+    groups = list(last.groupby(CURVE_KEYS + ["attack"], dropna=False, sort=False))
+    suffixes = section_suffixes([dict(zip(CURVE_KEYS, key)) for key, _ in groups])
+    written = []
+    for (key, rows), suffix in zip(groups, suffixes):
+        section = dict(zip(CURVE_KEYS + ["attack"], key))
+        best_rows = None if best is None else best.merge(rows[CURVE_KEYS + ["attack"]]
+                                                         .drop_duplicates())
+        fig = schedule_curve_figure(rows, best_rows, f"{section['attack']}: "
+                                    + describe_section({**section, "epochs": None}))
+        name = "_".join(filter(None, ["schedule_curve", section["attack"], suffix]))
+        written += save_figure(fig, out_dir, name)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
 # Every figure of a results folder
 
 def representative_trials(trials: pd.DataFrame, history: pd.DataFrame) -> dict[str, pd.Series]:
@@ -327,7 +389,8 @@ def representative_trials(trials: pd.DataFrame, history: pd.DataFrame) -> dict[s
 
 def section_suffixes(sections: list[dict]) -> list[str]:
     """Names that tell sections apart: the keys whose values differ between them."""
-    varying = [k for k in SECTION_KEYS if len({str(s[k]) for s in sections}) > 1]
+    varying = [k for k in SECTION_KEYS
+               if len({str(s.get(k)) for s in sections}) > 1]
     return ["_".join(f"{k}-{s[k]:g}" if isinstance(s[k], float) else f"{k}-{s[k]}"
                      for k in varying) for s in sections]
 
@@ -473,6 +536,7 @@ def render_all(results_dir: str | Path, out_dir: str | Path, trial_id: str | Non
         raise FileNotFoundError(f"invalid --trial: {trial_id!r} (allowed: a trial_id of "
                                 f"{results_dir / 'trials'}, e.g. {trials['trial_id'].iloc[0]})")
     return (render_variant_bars(trials, out_dir, note)
+            + render_schedule_curves(trials, out_dir, note)
             + render_trial_figures(trials, history, out_dir, note, trial_id, split)
             + render_threshold_figures(results_dir, trials, out_dir, note)
             + render_pareto_front(results_dir, trials, out_dir, note))

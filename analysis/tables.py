@@ -8,7 +8,7 @@
 A grid is a long DataFrame, one row per (section, defense[, augment], attack). Values are
 fractions, like the trials table; only the renderers turn them into percents.
 
-    dataset, poison_rate, preset, target, t_f, t_m    the section (one printed table each)
+    dataset, poison_rate, preset, target, t_f, t_m, epochs    the section (one table each)
     defense (+ augment in the augmentation grid), attack
     n, failed            seeds with an 'ok' trial / seeds whose every trial failed
     ba_mean, ba_std, asr_mean, asr_std, ra_mean, ra_std    over the n seeds (std: ddof 1)
@@ -21,7 +21,8 @@ How rows are matched:
   preset and target, whatever thresholds it recorded.
 - One value per seed: when a seed has several 'ok' rows in a cell, the latest one counts.
 - DER = [max(0, ASR_none - ASR_def) - max(0, BA_none - BA_def) + 1] / 2 per seed, against the
-  `none` run with the same attack, dataset, poison_rate, seed, preset and target (docs/method.md 6).
+  `none` run with the same attack, dataset, poison_rate, seed, preset, target and schedule length
+  (docs/method.md section 6).
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from vb_sweep.errors import ConfigError
 from vb_sweep.results import EPOCH_LEGEND, TRIALS_DIR, at_reported_epoch, der, read_trials
 
 ATTACK_ORDER = ("badnets", "blend", "wanet", "dynamic", "sig", "cl")
-SECTION_KEYS = ["dataset", "poison_rate", "preset", "target", "t_f", "t_m"]
-BASELINE_KEYS = ["attack", "dataset", "poison_rate", "seed", "preset", "target"]
+SECTION_KEYS = ["dataset", "poison_rate", "preset", "target", "t_f", "t_m", "epochs"]
+BASELINE_KEYS = ["attack", "dataset", "poison_rate", "seed", "preset", "target", "epochs"]
 UNUSED_MATCHES_ANY = ("t_f", "t_m")   # blanked for variants that do not use them
 METRICS = ("ba", "asr", "ra")
 SHOWN_METRICS = (("ba", "BA"), ("asr", "ASR"), ("der", "DER"))
@@ -52,16 +53,19 @@ LEGEND = ("BA, ASR and DER in % at the {epoch}, mean ± std over seeds (n = seed
 # ---------------------------------------------------------------------------------------------
 # Loading and selecting rows
 
-def load_trials(results_dir: str | Path) -> pd.DataFrame:
-    """The trials table of a results folder; FileNotFoundError (one line) when there is none."""
-    results_dir = Path(results_dir)
-    if not results_dir.is_dir():
-        raise FileNotFoundError(f"results folder not found: {results_dir}")
-    trials = read_trials(results_dir)
-    if trials.empty:
-        raise FileNotFoundError(f"no trial rows under {results_dir / TRIALS_DIR} "
-                                "(the --out folder of vb-sweep ablation)")
-    return trials
+def load_trials(*results_dirs: str | Path) -> pd.DataFrame:
+    """The trials of one or more results folders, as one table (several sweeps, e.g. one per
+    schedule length, read together); FileNotFoundError (one line) for a folder with none."""
+    frames = []
+    for results_dir in map(Path, results_dirs):
+        if not results_dir.is_dir():
+            raise FileNotFoundError(f"results folder not found: {results_dir}")
+        trials = read_trials(results_dir)
+        if trials.empty:
+            raise FileNotFoundError(f"no trial rows under {results_dir / TRIALS_DIR} "
+                                    "(the --out folder of vb-sweep ablation)")
+        frames.append(trials)
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
 def used_settings(defense: str) -> set[str]:
@@ -80,6 +84,7 @@ def blank_unused_settings(trials: pd.DataFrame) -> pd.DataFrame:
         out[setting] = out[setting].astype(object).where(~unused, None)
     for setting in ("t_f", "t_m", "poison_rate"):
         out[setting] = pd.to_numeric(out[setting], errors="coerce").astype(float)
+    out["epochs"] = pd.to_numeric(out.get("epochs"), errors="coerce").astype("Int64")
     return out
 
 
@@ -184,6 +189,8 @@ def describe_section(section: dict) -> str:
     for threshold in ("t_f", "t_m"):
         if not _is_missing(section[threshold]):
             parts.append(f"{threshold} {section[threshold]:g}")
+    if not _is_missing(section["epochs"]):
+        parts.append(f"{int(section['epochs'])} epochs")
     return ", ".join(parts)
 
 
@@ -241,18 +248,24 @@ def build_grid(trials: pd.DataFrame, row_keys: list[str], row_values: list[tuple
     return pd.DataFrame(cells, columns=columns)
 
 
-def ablation_grid(trials: pd.DataFrame, *, dataset=None, poison_rate=None, preset=None,
-                  t_f=None, t_m=None, augment: str = "attentionmix") -> pd.DataFrame:
+def ablation_grid(trials: pd.DataFrame, *, augment: str = "attentionmix",
+                  **filters) -> pd.DataFrame:
     """Table 4: rows none, F, F+AT, F+AT+SST, F+AT+SST+S, vab (then any other variant), with
-    ``augment`` as the mixing augmentation of the variants that mix."""
+    ``augment`` as the mixing augmentation of the variants that mix; ``filters``: a value for
+    any of SECTION_KEYS keeps only its rows (None: all)."""
     defenses = list(DEFENSES) + sorted(set(trials["defense"].dropna()) - set(DEFENSES))
-    return build_grid(trials, ["defense"], [(d,) for d in defenses], dataset=dataset,
-                      poison_rate=poison_rate, preset=preset, t_f=t_f, t_m=t_m,
-                      augment=augment)
+    return build_grid(trials, ["defense"], [(d,) for d in defenses], augment=augment,
+                      **section_filters(filters))
 
 
-def augment_grid(trials: pd.DataFrame, *, dataset=None, poison_rate=None, preset=None,
-                 t_f=None, t_m=None) -> pd.DataFrame:
+def section_filters(filters: dict) -> dict:
+    unknown = set(filters) - set(SECTION_KEYS)
+    if unknown:
+        raise TypeError(f"not a section key: {sorted(unknown)} (allowed: {SECTION_KEYS})")
+    return filters
+
+
+def augment_grid(trials: pd.DataFrame, **filters) -> pd.DataFrame:
     """The augmentation comparison: for each mixing variant run with an augmentation other than
     AttentionMix, one row per augmentation. Empty when there is no such run."""
     mixing = [d for d in trials["defense"].dropna().unique() if "augment" in used_settings(d)]
@@ -265,7 +278,68 @@ def augment_grid(trials: pd.DataFrame, *, dataset=None, poison_rate=None, preset
     augments = list(AUGMENTS) + sorted(set(compared["augment"]) - set(AUGMENTS))
     return build_grid(trials[trials["defense"].isin(defenses)], ["defense", "augment"],
                       [(d, a) for d in defenses for a in augments], baseline=trials,
-                      dataset=dataset, poison_rate=poison_rate, preset=preset, t_f=t_f, t_m=t_m)
+                      **section_filters(filters))
+
+
+# ---------------------------------------------------------------------------------------------
+# The schedule curve: each variant's cells against the number of Beneficiary epochs
+
+CURVE_KEYS = [key for key in SECTION_KEYS if key != "epochs"]
+CURVE_COLUMNS = CURVE_KEYS + ["attack", "defense", "epochs", "n", "ba_mean", "ba_std",
+                              "asr_mean", "asr_std", "ba_vs_none"]
+CURVE_LEGEND = ("BA / ASR in % at the {epoch}, mean over seeds; in brackets BA minus the "
+                "no-defense BA at the same length, in points; " + MISSING + " = no trial.")
+
+
+def schedule_curve(trials: pd.DataFrame, **filters) -> pd.DataFrame:
+    """Table 4's cells against the schedule's length: one row per (section less its length,
+    attack, variant, epochs) with BA and ASR over the seeds and ``ba_vs_none``, the variant's
+    BA minus the no-defense BA at the same length (NaN without a no-defense run there). Only
+    sections that were run at two or more lengths."""
+    grid = ablation_grid(trials, **filters)
+    grid = grid[(grid["n"] > 0) & grid["epochs"].notna()]
+    lengths = grid.groupby(CURVE_KEYS, dropna=False)["epochs"].transform("nunique")
+    grid = grid[lengths >= 2]
+    none = grid.loc[grid["defense"] == "none", SECTION_KEYS + ["attack", "ba_mean"]]
+    curve = grid.merge(none.rename(columns={"ba_mean": "ba_none"}),
+                       on=SECTION_KEYS + ["attack"], how="left")
+    curve["ba_vs_none"] = curve["ba_mean"] - curve["ba_none"]
+    return curve[CURVE_COLUMNS].reset_index(drop=True)
+
+
+def render_schedule_curve(curve: pd.DataFrame, fmt: str = "md", epoch: str = "last") -> str:
+    """The curve as one Markdown table per section and attack (rows: variants; columns: the
+    lengths), or as CSV."""
+    if fmt == "csv":
+        return curve.to_csv(index=False)
+    if fmt != "md":
+        raise ConfigError("format", fmt, "md or csv (with --by-epochs)")
+    parts = ["## Schedule length (Table 4 cells against the number of epochs)"]
+    if curve.empty:
+        parts.append("_No section was run at two or more schedule lengths (--epochs)._")
+    for key, rows in curve.groupby(CURVE_KEYS + ["attack"], dropna=False, sort=False):
+        section = dict(zip(CURVE_KEYS + ["attack"], key))
+        lengths = sorted(rows["epochs"].unique())
+        header = ["defense"] + [f"{int(n)} epochs" for n in lengths]
+        lines = [header, [":---"] + ["---:"] * len(lengths)]
+        for defense in [d for d in DEFENSES if d in set(rows["defense"])]:
+            by_length = rows[rows["defense"] == defense].set_index("epochs")
+            lines.append([defense] + [_curve_cell(by_length, n) for n in lengths])
+        title = describe_section({**section, "epochs": None})
+        parts.append(f"### {section['attack']}: {title}\n\n"
+                     + "\n".join("| " + " | ".join(line) + " |" for line in lines))
+    parts.append(f"_{CURVE_LEGEND.format(epoch=EPOCH_LEGEND[epoch])}_")
+    return "\n\n".join(parts) + "\n"
+
+
+def _curve_cell(by_length: pd.DataFrame, length) -> str:
+    if length not in by_length.index:
+        return MISSING
+    cell = by_length.loc[length]
+    text = f"{percent(cell['ba_mean'])} / {percent(cell['asr_mean'])}"
+    if pd.isna(cell["ba_vs_none"]) or cell["defense"] == "none":
+        return text
+    return text + f" ({100 * cell['ba_vs_none']:+.1f})"
 
 
 # ---------------------------------------------------------------------------------------------

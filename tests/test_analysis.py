@@ -464,3 +464,77 @@ def test_a_search_folder_gets_optunas_own_views_instead_of_the_heatmap(search_re
                                               for view in ("contour", "slice", "importances")
                                               for objective in ("ba", "asr"))}
     assert not [name for name in names if name.startswith("thresholds_")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedule length as an axis: one folder per length, read together
+
+# (BA, ASR, best-BA epoch's BA) per variant and number of epochs.
+SCHEDULE = {
+    "none": {20: (0.75, 0.99, 0.76), 200: (0.85, 0.99, 0.86)},
+    "F+AT": {20: (0.62, 0.08, 0.63), 200: (0.80, 0.04, 0.81)},
+    "vab": {20: (0.61, 0.02, 0.64), 200: (0.83, 0.01, 0.84)},
+}
+
+
+@pytest.fixture(scope="module")
+def schedule_results(tmp_path_factory) -> list[Path]:
+    folders = []
+    for epochs in (20, 200):
+        rows = [trial_row(f"e{epochs:03d}{i}", "badnets", defense, 0, ba=values[epochs][0],
+                          asr=values[epochs][1], best_ba=values[epochs][2], best_ba_asr=0.5,
+                          best_epoch=epochs // 2, epochs=epochs)
+                for i, (defense, values) in enumerate(SCHEDULE.items())]
+        folders.append(write_results(tmp_path_factory.mktemp(f"epochs{epochs}"), rows))
+    return folders
+
+
+def test_each_schedule_length_is_a_section_with_its_own_baseline(schedule_results):
+    grid = tables.ablation_grid(tables.load_trials(*schedule_results))
+    assert sorted(grid["epochs"].unique()) == [20, 200]
+    vab_200 = grid[(grid["defense"] == "vab") & (grid["epochs"] == 200)].iloc[0]
+    # DER against the 200-epoch no-defense run, not the 20-epoch one
+    assert vab_200["der_mean"] == pytest.approx(((0.99 - 0.01) - (0.85 - 0.83) + 1) / 2)
+
+
+def test_schedule_curve_sets_each_variant_against_no_defense_at_the_same_length(
+        schedule_results):
+    curve = tables.schedule_curve(tables.load_trials(*schedule_results)).set_index(
+        ["defense", "epochs"])
+    assert curve.loc[("vab", 20), "ba_vs_none"] == pytest.approx(0.61 - 0.75)
+    assert curve.loc[("vab", 200), "ba_vs_none"] == pytest.approx(0.83 - 0.85)
+    assert curve.loc[("F+AT", 200), "asr_mean"] == pytest.approx(0.04)
+    assert curve.loc[("none", 20), "ba_vs_none"] == 0
+    one_length = tables.load_trials(schedule_results[0])
+    assert tables.schedule_curve(one_length).empty
+
+
+def test_by_epochs_command_line_prints_last_and_best_epoch_tables(schedule_results, capsys):
+    folders = [str(folder) for folder in schedule_results]
+    assert ablation_table.main([*folders, "--by-epochs"]) == 0
+    printed = capsys.readouterr().out
+    assert "| defense | 20 epochs | 200 epochs |" in printed
+    assert "| vab | 61.0 / 2.0 (-14.0) | 83.0 / 1.0 (-2.0) |" in printed
+    assert "| none | 75.0 / 99.0 | 85.0 / 99.0 |" in printed
+    assert ablation_table.main([*folders, "--by-epochs", "--epoch", "best"]) == 0
+    assert "| vab | 64.0 / 50.0 (-12.0) | 84.0 / 50.0 (-2.0) |" in capsys.readouterr().out
+    assert ablation_table.main([*folders, "--epochs", "200"]) == 0
+    assert "t_m 0.1, 200 epochs" in capsys.readouterr().out
+    for bad in (["--by-epochs", "--findings"], ["--by-epochs", "--format", "latex"],
+                ["--epochs", "50"], ["--epochs", "0"]):
+        try:
+            code = ablation_table.main([*folders, *bad])
+        except SystemExit as stop:  # argparse's errors
+            code = stop.code
+        assert code == 2, bad
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_schedule_curve_figure_renders_from_the_folders_together(schedule_results, tmp_path):
+    trials = tables.load_trials(*schedule_results)
+    names = rendered(plots.render_schedule_curves(trials, tmp_path, print))
+    assert names == {"schedule_curve_badnets.png", "schedule_curve_badnets.svg"}
+    notes = []
+    assert plots.render_schedule_curves(tables.load_trials(schedule_results[0]), tmp_path,
+                                        notes.append) == []
+    assert notes and "two or more schedule lengths" in notes[0]

@@ -29,6 +29,7 @@ SWEEP_CASES = [
     (["--epochs", "four"], "--epochs"),
     (["--set", "no_such_field=1"], "--set field"),
     (["--set", "epochs"], "--set"),
+    (["--epochs", "2", "--set", "epochs=3"], "--set epochs"),  # which length? refused
     (["--set", "lr=NaN"], "lr"),
     (["--set", "momentum=1.5"], "momentum"),
     (["--set", "lr_milestones=5"], "lr_milestones"),
@@ -71,6 +72,8 @@ ABLATION_CASES = [
     (["--t-f", "1.5"], "t_f"),
     (["--t-m", "-0.1"], "t_m"),
     (["--report-epoch", "middle"], "--report-epoch"),
+    (["--epochs", "20", "20"], "--epochs"),
+    (["--epochs", "20", "0"], "--epochs"),
 ]
 SEARCH_CASES = [
     (["--attack", "nope"], "attack"),
@@ -93,6 +96,7 @@ RUN_CASES = [
     (["--dataset", "mnist"], "dataset"),
     (["--t-f", "-0.1"], "t_f"),
     (["--epochs", "0"], "epochs"),
+    (["--epochs", "2", "--set", "epochs=3"], "--set epochs"),
     (["--threads", "0"], "--threads"),
     (["--device", "tpu"], "device"),
     (["--device", "cuda"], "device"),

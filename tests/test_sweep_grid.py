@@ -29,8 +29,32 @@ def test_smoke_defaults_are_badnets_none_vab_by_one_seed():
     cpu = build_grid(GridOptions(preset="cpu", attacks=["badnets"]))
     assert [c.defense for c in cpu] == list(DEFENSES)
     assert {c.resplit_every for c in cpu} == {5}
-    longer = build_grid(GridOptions(preset="cpu", attacks=["badnets"], epochs=40))
+    longer = build_grid(GridOptions(preset="cpu", attacks=["badnets"], epochs=[40]))
     assert {(c.mix_epochs, c.resplit_every) for c in longer} == {(20, 5)}  # not scaled to 1
+
+
+def test_schedule_lengths_are_an_axis_each_scaled_and_longest_first():
+    from vb_sweep.grid import longest_first
+
+    configs = build_grid(GridOptions(preset="cpu", attacks=["badnets"],
+                                     defenses=["none", "vab"], epochs=[20, 200]))
+    schedules = {(c.epochs, c.mix_epochs, c.lr_milestones, c.lambda_u_switch) for c in configs}
+    assert schedules == {(20, 10, (5, 10, 15), 15), (200, 100, (50, 100, 150), 150)}
+    assert len({trial_id_for(c) for c in configs}) == 4
+    order = [(c.epochs, c.defense) for c in longest_first(configs)]
+    assert order == [(200, "none"), (200, "vab"), (20, "none"), (20, "vab")]
+
+
+def test_a_table_per_schedule_length(tmp_path):
+    configs = build_grid(GridOptions(defenses=["none", "vab"], epochs=[4, 8]))
+    ids = [trial_id_for(c) for c in configs]
+    for config, trial_id in zip(configs, ids):
+        write_trial(tmp_path, finished_row(config, trial_id, config.epochs / 10, 0.5), [])
+    grid = build_table_grid(configs, ids, read_trials(tmp_path))
+    assert [table.axes["epochs"] for table in grid.tables] == [4, 8]
+    assert [table.frame.loc["vab", ("badnets", "BA")] for table in grid.tables] == [0.4, 0.8]
+    assert "t_m 0.5, 8 epochs (BA / ASR" in grid.markdown()
+    assert list(grid.csv_frame()["epochs"]) == [4, 4, 8, 8]
 
 
 def test_trials_start_longest_variant_first():
@@ -47,7 +71,7 @@ def test_trials_start_longest_variant_first():
 def test_every_axis_multiplies_the_grid_and_overrides_reach_every_cell():
     configs = build_grid(GridOptions(
         preset="smoke", attacks=["badnets"], defenses=["none", "vab"], seeds=[0, 1],
-        poison_rates=[0.05, 0.1], t_f=[0.1, 0.3], epochs=4,
+        poison_rates=[0.05, 0.1], t_f=[0.1, 0.3], epochs=[4],
         overrides=["train_per_class=40", "lr=0.05"]))
     assert len(configs) == 1 * 2 * 2 * 2 * 2
     assert {(c.epochs, c.train_per_class, c.lr) for c in configs} == {(4, 40, 0.05)}
@@ -65,6 +89,9 @@ def test_every_axis_multiplies_the_grid_and_overrides_reach_every_cell():
     (GridOptions(preset="huge"), "preset"),
     (GridOptions(overrides=["no_such_field=1"]), "--set field"),
     (GridOptions(overrides=["epochs=0"]), "epochs"),
+    (GridOptions(epochs=[0]), "--epochs"),
+    (GridOptions(epochs=[20, 20]), "--epochs"),
+    (GridOptions(epochs=[4], overrides=["epochs=3"]), "--set epochs"),
     (GridOptions(overrides=["lr_milestones=5"]), "lr_milestones"),
     (GridOptions(overrides=["lr=NaN"]), "lr"),
     (GridOptions(overrides=["momentum=1.5"]), "momentum"),
@@ -93,7 +120,7 @@ def test_config_error_survives_pickling_as_ray_sends_it():
 def test_set_overrides_the_options_fields_too():
     """--set comes last: it may change a field that is also an option or an axis."""
     configs = build_grid(GridOptions(attacks=["badnets"], defenses=["vab"], t_m=[0.3],
-                                     epochs=4, overrides=["t_m=0.1", "seed=2", "mix_epochs=1"]))
+                                     epochs=[4], overrides=["t_m=0.1", "seed=2", "mix_epochs=1"]))
     assert [(c.t_m, c.seed, c.epochs, c.mix_epochs) for c in configs] == [(0.1, 2, 4, 1)]
 
 
@@ -163,7 +190,7 @@ def test_table_has_variants_in_paper_order_and_names_missing_cells(tmp_path):
     assert list(frame["defense"]) == ["none", "F", "vab"]
     assert {"dataset", "t_f", "t_m", "blend_ba", "badnets_asr"} <= set(frame.columns)
     # One wording with analysis/ablation_table.py; the attacks' default rate written out.
-    assert "### dataset synthetic, poison rate 10%, t_f 0.2, t_m 0.5" in text
+    assert "### dataset synthetic, poison rate 10%, t_f 0.2, t_m 0.5, 16 epochs" in text
     assert "| defense | blend BA |" in text
     assert list(frame["poison_rate"]) == [0.1] * 3
 

@@ -105,15 +105,15 @@ def add_trial_options(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args):
-    from vb_sweep.config import merge_overrides, parse_overrides, preset_config, scaled_schedule
+    from vb_sweep.config import merge_overrides, parse_overrides, preset_config, schedule_for
 
     options = dict(attack=args.attack, attack_preset=args.attack_preset, defense=args.defense,
                    augment=args.augment, dataset=args.dataset, data_root=args.data_root,
                    seed=args.seed, target=args.target, poison_rate=args.poison_rate,
                    t_f=args.t_f, t_m=args.t_m, device=args.device)
-    schedule = scaled_schedule(args.epochs) if args.epochs is not None else {}
-    return preset_config(args.preset, **merge_overrides(options, schedule,
-                                                        parse_overrides(args.set))).validate()
+    overrides = parse_overrides(args.set)
+    return preset_config(args.preset, **merge_overrides(
+        options, schedule_for(args.epochs, overrides), overrides)).validate()
 
 
 def command_run(args) -> int:

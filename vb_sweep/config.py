@@ -260,6 +260,18 @@ def scaled_schedule(epochs: int) -> dict[str, Any]:
     }
 
 
+def schedule_for(epochs: int | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The fields that ``--epochs N`` sets (the schedule scaled to N; none without it). With
+    ``--set epochs=M`` too the two would disagree on the length, so that is refused."""
+    if epochs is None:
+        return {}
+    if "epochs" in overrides:
+        raise ConfigError("--set epochs", overrides["epochs"],
+                          "not together with --epochs (--epochs N scales the whole schedule; "
+                          "--set epochs=N changes the length alone)")
+    return scaled_schedule(epochs)
+
+
 PRESET_VALUES: dict[str, dict[str, Any]] = {
     # Generated data and the tiny network: about a minute per V&B trial on one CPU core.
     # - 5,000 training images: the Victim's split after warm-up has precision and recall 1.00

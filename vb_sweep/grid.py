@@ -17,8 +17,8 @@ from typing import Any
 import pandas as pd
 
 from vb_sweep.config import (DEFENSES, TrialConfig, merge_overrides, parse_overrides,
-                             preset_config, scaled_schedule)
-from vb_sweep.errors import ConfigError, check_choice, check_fraction
+                             preset_config, schedule_for)
+from vb_sweep.errors import ConfigError, check_choice, check_fraction, check_number
 from vb_sweep.results import EPOCH_LEGEND, at_reported_epoch
 
 MANIFEST = "sweep.json"
@@ -65,7 +65,7 @@ class GridOptions:
     t_f: list[float] | None = None
     t_m: list[float] | None = None
     data_root: str | None = None
-    epochs: int | None = None
+    epochs: list[int] | None = None    # the Beneficiary's lengths; each scales the schedule
     overrides: list[str] = field(default_factory=list)  # "FIELD=VALUE", any TrialConfig field
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,8 +78,10 @@ def default_defenses(preset: str) -> list[str]:
 
 
 def longest_first(configs: list[TrialConfig]) -> list[TrialConfig]:
-    """The configurations in the order to start them (stable within a variant)."""
-    return sorted(configs, key=lambda config: LONGEST_FIRST.index(config.defense))
+    """The configurations in the order to start them: the longest schedule first, then by
+    variant (stable within a variant)."""
+    return sorted(configs, key=lambda config: (-config.epochs,
+                                               LONGEST_FIRST.index(config.defense)))
 
 
 def default_attacks(preset: str) -> list[str]:
@@ -103,9 +105,10 @@ def check_axes(options: GridOptions) -> None:
         check_fraction("t_f", value)
     for value in options.t_m or []:
         check_fraction("t_m", value)
-    if options.epochs is not None and options.epochs < 1:
-        raise ConfigError("--epochs", options.epochs, "an integer >= 1")
-    for axis in ("attacks", "defenses", "datasets", "poison_rates", "seeds", "t_f", "t_m"):
+    for value in options.epochs or []:
+        check_number("--epochs", value, integer=True, minimum=1)
+    for axis in ("attacks", "defenses", "datasets", "poison_rates", "seeds", "t_f", "t_m",
+                 "epochs"):
         values = getattr(options, axis)
         if values is not None and len(set(values)) != len(values):
             raise ConfigError(f"--{axis.replace('_', '-')}", values, "distinct values")
@@ -115,18 +118,18 @@ def build_grid(options: GridOptions) -> list[TrialConfig]:
     """Every cell of the grid as a validated ``TrialConfig`` (raises ``ConfigError``)."""
     check_choice("preset", options.preset, ("smoke", "cpu", "paper"))
     check_axes(options)
-    schedule = scaled_schedule(options.epochs) if options.epochs is not None else {}
     overrides = parse_overrides(options.overrides)
     axes = itertools.product(
         options.datasets or [None], options.poison_rates or [None], options.t_f or [None],
-        options.t_m or [None], options.seeds or [0], options.attacks or default_attacks(
-            options.preset), options.defenses or default_defenses(options.preset))
+        options.t_m or [None], options.epochs or [None], options.seeds or [0],
+        options.attacks or default_attacks(options.preset),
+        options.defenses or default_defenses(options.preset))
     configs = []
-    for dataset, rate, t_f, t_m, seed, attack, defense in axes:
+    for dataset, rate, t_f, t_m, epochs, seed, attack, defense in axes:
         cell = dict(dataset=dataset, poison_rate=rate, t_f=t_f, t_m=t_m, seed=seed,
                     attack=attack, defense=defense, data_root=options.data_root)
         configs.append(preset_config(options.preset, **merge_overrides(
-            cell, schedule, overrides)).validate())
+            cell, schedule_for(epochs, overrides), overrides)).validate())
     return configs
 
 
@@ -226,7 +229,7 @@ class Grid:
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-AXES = ("dataset", "poison_rate", "t_f", "t_m")
+AXES = ("dataset", "poison_rate", "t_f", "t_m", "epochs")
 
 
 def build_table_grid(configs: list[TrialConfig], trial_ids: list[str],
@@ -271,7 +274,7 @@ def _lookup(means: pd.DataFrame, variant: str, attack: str, metric: str) -> floa
 def _table_title(axes: dict) -> str:
     """The same wording as analysis/ablation_table.py's section headings."""
     return (f"dataset {axes['dataset']}, poison rate {100 * axes['poison_rate']:g}%, "
-            f"t_f {axes['t_f']:g}, t_m {axes['t_m']:g}")
+            f"t_f {axes['t_f']:g}, t_m {axes['t_m']:g}, {axes['epochs']} epochs")
 
 
 def missing_cells(cells: pd.DataFrame) -> list[str]:

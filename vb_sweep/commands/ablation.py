@@ -1,11 +1,14 @@
 """The paper's Table 4 as a sweep: attacks x defense variants x seeds, every cell a Ray Tune trial.
 
-Several datasets, poisoning rates, t_f or t_m multiply the grid too.
+Several datasets, poisoning rates, t_f, t_m or schedule lengths (--epochs) multiply the grid
+too.
 
 examples:
     vb-sweep ablation --preset smoke
     vb-sweep ablation --preset smoke --defenses none F F+AT F+AT+SST F+AT+SST+S vab
     vb-sweep ablation --preset cpu --data-root data/cifar10 --attacks badnets blend --resume
+    vb-sweep ablation --preset cpu --data-root data/cifar10 --attacks badnets \
+        --defenses none F+AT vab --epochs 20 50 100 200
     vb-sweep ablation --preset paper --gpus 8 --trials-per-gpu 2
     vb-sweep ablation --preset cpu --address HEAD:6379 --out /shared/abl --resume
 (``python experiments/ablation.py`` takes the same options.)
@@ -45,7 +48,7 @@ PROG = "vb-sweep ablation"
 def build_parser(prog: str = PROG) -> OneLineErrorParser:
     parser = OneLineErrorParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1])
-    add_sweep_options(parser)
+    add_sweep_options(parser, epochs_axis=True)
     grid = parser.add_argument_group("the grid (space-separated values)")
     grid.add_argument("--attacks", nargs="+", default=None,
                       help=f"{' '.join(ATTACKS.names())}; default: the preset's (smoke: "

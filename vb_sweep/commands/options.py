@@ -37,7 +37,9 @@ def interrupted(prog: str) -> int:
     return 130
 
 
-def add_sweep_options(parser: argparse.ArgumentParser) -> None:
+def add_sweep_options(parser: argparse.ArgumentParser, epochs_axis: bool = False) -> None:
+    """The options every sweep command takes; ``epochs_axis``: --epochs takes several lengths,
+    each a grid axis value."""
     parser.add_argument("--preset", default="smoke",
                         help="smoke (generated data, tiny network, minutes on a laptop) | cpu "
                              "(CIFAR-10 subset, small CNN) | paper (full CIFAR-10, ResNet-18, "
@@ -45,8 +47,13 @@ def add_sweep_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", default=None,
                         help="dataset folder on the workers (cifar10: the python-pickle layout; "
                              "gtsrb: 32x32 arrays); smoke's generated data needs none")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="Beneficiary epochs; the preset's schedule is scaled to them")
+    if epochs_axis:
+        parser.add_argument("--epochs", type=int, nargs="+", default=None, metavar="N",
+                            help="Beneficiary epochs, one or several (a grid axis); the "
+                                 "preset's schedule is scaled to each")
+    else:
+        parser.add_argument("--epochs", type=int, default=None, metavar="N",
+                            help="Beneficiary epochs; the preset's schedule is scaled to them")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="override any TrialConfig field, e.g. --set train_per_class=50")
     group = parser.add_argument_group("resources and cluster")

@@ -26,7 +26,7 @@ from vb_sweep.attacks import ATTACKS
 from vb_sweep.commands.options import (OneLineErrorParser, add_sweep_options, data_root, fail,
                                        interrupted, session_options)
 from vb_sweep.config import (DEFENSES, merge_overrides, parse_overrides, preset_config,
-                             scaled_schedule)
+                             schedule_for)
 from vb_sweep.errors import ConfigError, check_fraction
 from vb_sweep.sweep import SweepSession
 from vb_sweep.tracking import redact_url
@@ -72,9 +72,9 @@ def build_parser(prog: str = PROG) -> OneLineErrorParser:
 def base_config(args):
     options = dict(attack=args.attack, dataset=args.dataset, poison_rate=args.poison_rate,
                    defense=args.defense, seed=args.seed, data_root=data_root(args))
-    schedule = scaled_schedule(args.epochs) if args.epochs is not None else {}
-    return preset_config(args.preset, **merge_overrides(options, schedule,
-                                                        parse_overrides(args.set))).validate()
+    overrides = parse_overrides(args.set)
+    return preset_config(args.preset, **merge_overrides(
+        options, schedule_for(args.epochs, overrides), overrides)).validate()
 
 
 def check_search_options(args) -> dict[str, tuple[float, float]]:

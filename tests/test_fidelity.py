@@ -153,7 +153,9 @@ def test_victim_model_chooses_the_victims_network_and_keys_its_trajectory():
     assert victim_key(resnet) != victim_key(own)
     assert victim_key(own.replace(victim_model="tiny_cnn")) == victim_key(own)
     assert trial_id_for(resnet) != trial_id_for(own)
-    before = {k: v for k, v in own.to_dict().items() if k != "victim_model"}
+    # fields added later, at their default, are not in the id
+    before = {k: v for k, v in own.to_dict().items()
+              if k not in ("victim_model", "batchnorm_diagnostic")}
     digest = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
     assert trial_id_for(own).endswith(digest[:8])
     assert preset_config("paper").victim_network == "resnet18"
@@ -214,3 +216,45 @@ def test_every_sst_epoch_has_the_victims_tempered_softmax(tmp_path, mix_epochs, 
         state = trajectory.state_for(epoch)
         if all(state is not trajectory.state_for(e) for e in range(mix_epochs + 1, 7)):
             assert state.tempered_softmax is None, epoch
+
+
+# -- the BatchNorm diagnostic ---------------------------------------------------------------------
+def test_clean_batchnorm_copy_takes_the_images_statistics_and_leaves_the_model_alone():
+    from vb_sweep.defense import clean_batchnorm_copy
+
+    model = InputNormNet()
+    model.bn.momentum = 0.1
+    model.bn.running_mean.fill_(5.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8)
+    step = StepSettings(Normalizer(torch.full((3,), 0.5), torch.full((3,), 0.25), "cpu"),
+                        batch_size=8, padding=None)
+    probe = clean_batchnorm_copy(model, images, step, batch_size=8)
+    inputs = step.normalize(images)
+    # every batch of 8 weighted alike: the mean of the batch means, of the unbiased variances
+    batch_means = inputs.view(5, 8, 3, 8, 8).mean(dim=(1, 3, 4))
+    batch_vars = inputs.view(5, 8, 3, 8, 8).transpose(1, 2).reshape(5, 3, -1).var(dim=2)
+    torch.testing.assert_close(probe.bn.running_mean, batch_means.mean(0))
+    torch.testing.assert_close(probe.bn.running_var, batch_vars.mean(0))
+    assert not probe.training
+    torch.testing.assert_close(probe.conv.weight, model.conv.weight)
+    for key, value in model.state_dict().items():  # the trained model is untouched
+        assert torch.equal(value, before[key]), key
+
+
+def test_batchnorm_diagnostic_adds_figures_and_changes_no_training(tmp_path):
+    from vb_sweep.trial import run_trial
+
+    config = preset_config("smoke", **TINY, defense="vab").validate()
+    plain = run_trial(config, cache=ArtifactCache(tmp_path / "plain"))
+    probed = run_trial(config.replace(batchnorm_diagnostic=True).validate(),
+                       cache=ArtifactCache(tmp_path / "probed"))
+    trained = [r for r in probed.history if r.get("ba") is not None]
+    assert [r["epoch"] for r in trained] == [1, 2, 3, 4]
+    for record in trained:
+        for name in ("ba_clean_bn", "asr_clean_bn", "clean_target_rate_clean_bn"):
+            assert 0.0 <= record[name] <= 1.0, (record["epoch"], name)
+    same = ("epoch", "stage", "lr", "loss", "ba", "asr", "ra", "clean_target_rate")
+    assert ([{k: r.get(k) for k in same} for r in plain.history]
+            == [{k: r.get(k) for k in same} for r in probed.history])
+    assert trial_id_for(config.replace(batchnorm_diagnostic=True)) != trial_id_for(config)

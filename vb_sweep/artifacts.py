@@ -187,9 +187,12 @@ def shares_mix_stage(config: TrialConfig) -> bool:
 
 def mix_stage_cache_parts(config: TrialConfig, data: DatasetSplits, device: str) -> dict:
     values = config.to_dict()
+    # The diagnostic trains alike, but its stage's history holds the extra figures.
+    diagnostic = {"batchnorm_diagnostic": True} if config.batchnorm_diagnostic else {}
     return {"victim": victim_cache_parts(config, data, device),
             "version": BENEFICIARY_ARTIFACT_VERSION, "flip": config.flip,
-            **numerics(config, device), **{name: values[name] for name in MIX_STAGE_FIELDS}}
+            **numerics(config, device), **{name: values[name] for name in MIX_STAGE_FIELDS},
+            **diagnostic}
 
 
 def prepare_mix_stage(config: TrialConfig, cache: ArtifactCache, device: str | None = None,

@@ -115,6 +115,10 @@ class TrialConfig:
     eval_batch_size: int = 1024
     batchnorm_passes: str = "authors"      # BATCHNORM_PASSES; "joint": the old engine
     share_mix_stage: bool = True           # start the SST stage from the cached mix stage
+    # Diagnostic, changes no training: after every epoch also evaluate a copy of the Beneficiary
+    # whose BatchNorm running statistics are re-estimated on the clean training images
+    # (history columns *_clean_bn), to tell the running statistics' part in BA from the weights'.
+    batchnorm_diagnostic: bool = False
 
     # ---------------------------------------------------------------------------------------
     @property
@@ -182,7 +186,7 @@ class TrialConfig:
         check_choice("attention_interpolation", self.attention_interpolation,
                      ATTENTION_INTERPOLATIONS)
         check_choice("batchnorm_passes", self.batchnorm_passes, BATCHNORM_PASSES)
-        for name in ("amp", "share_mix_stage"):
+        for name in ("amp", "share_mix_stage", "batchnorm_diagnostic"):
             check_choice(name, getattr(self, name), (True, False))
         check_number("seed", self.seed, integer=True, minimum=0)
         check_number("target", self.target, integer=True, minimum=0,

@@ -8,6 +8,7 @@ Ray, MLflow or Parquet: progress and checkpoints leave through callbacks.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -58,6 +59,34 @@ def evaluate(model, eval_set: EvalSet, step: StepSettings, batch_size: int) -> d
                         step.autocast_dtype)
     return backdoor_metrics(clean, eval_set.clean_labels, triggered, eval_set.triggered_labels,
                             eval_set.target)
+
+
+@torch.no_grad()
+def clean_batchnorm_copy(model, images: torch.Tensor, step: StepSettings, batch_size: int):
+    """A copy of ``model`` (same weights) whose BatchNorm running statistics are re-estimated
+    from ``images`` (uint8, not augmented), every batch weighted alike; in eval mode."""
+    probe = copy.deepcopy(model)
+    for module in probe.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average over the pass
+    probe.train()
+    with torch.autocast(images.device.type, dtype=step.autocast_dtype,
+                        enabled=step.autocast_dtype is not None):
+        for batch in images.split(batch_size):
+            probe(step.normalize(batch))
+    return probe.eval()
+
+
+def clean_batchnorm_metrics(model, data: "BeneficiaryData", eval_set: EvalSet,
+                            step: StepSettings, config: TrialConfig) -> dict[str, float]:
+    """BA, ASR and the clean target rate of the Beneficiary with BatchNorm statistics taken
+    from the clean training images (ground truth: a diagnostic, not a defense)."""
+    clean = data.images[~data.poisoned.to(data.images.device)]
+    probe = clean_batchnorm_copy(model, clean, step, config.batch_size)
+    metrics = evaluate(probe, eval_set, step, config.eval_batch_size)
+    return {f"{name}_clean_bn": metrics[name]
+            for name in ("ba", "asr", "clean_target_rate")}
 
 
 def entropy_histograms(state: VictimState, poisoned: torch.Tensor) -> dict[str, list[int]]:
@@ -156,6 +185,8 @@ def run_beneficiary(config: TrialConfig, model, data: BeneficiaryData, eval_set:
                   **evaluate(model, eval_set, step, config.eval_batch_size),
                   "seconds": time.perf_counter() - started,
                   "images_per_s": stats.images / max(train_seconds, 1e-9)}
+        if config.batchnorm_diagnostic:
+            record.update(clean_batchnorm_metrics(model, data, eval_set, step, config))
         if trajectory is not None:
             record.update(split_record(trajectory.state_for(epoch), data.poisoned))
         history.append(record)

@@ -55,6 +55,10 @@ HISTORY_SCHEMA = pa.schema([
     ("lr", pa.float64()), ("loss", pa.float64()),
     ("ba", pa.float64()), ("asr", pa.float64()), ("ra", pa.float64()),
     ("clean_target_rate", pa.float64()),
+    # With batchnorm_diagnostic: the same figures with BatchNorm's running statistics
+    # re-estimated on the clean training images (the weights unchanged).
+    ("ba_clean_bn", pa.float64()), ("asr_clean_bn", pa.float64()),
+    ("clean_target_rate_clean_bn", pa.float64()),
     ("credible_size", pa.int64()), ("suspicious_size", pa.int64()),
     ("poisoned_in_credible", pa.int64()), ("poisoned_in_suspicious", pa.int64()),
     ("filter_precision", pa.float64()), ("filter_recall", pa.float64()),

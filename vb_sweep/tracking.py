@@ -42,7 +42,7 @@ from vb_sweep.errors import ConfigError
 # first split).
 EPOCH_METRICS = ("ba", "asr", "ra", "clean_target_rate", "loss", "lr", "credible_size",
                  "suspicious_size", "filter_precision", "filter_recall", "filter_auroc", "seconds",
-                 "images_per_s")
+                 "images_per_s", "ba_clean_bn", "asr_clean_bn", "clean_target_rate_clean_bn")
 # Row columns logged once as metrics of the trial's run.
 ROW_METRICS = ("ba", "asr", "ra", "best_ba", "best_ba_asr", "best_epoch", "clean_target_rate",
                "filter_precision", "filter_recall", "filter_auroc", "first_filter_precision",

@@ -45,14 +45,14 @@ class TrialResult:
 
 
 # -- the trial ----------------------------------------------------------------------------------
-# Fields added after sweeps were run, left out of the trial id while unset, so that a --resume
-# of such a sweep still finds its finished trials.
-ID_FIELDS_WHEN_SET = ("victim_model",)
+# Fields added after sweeps were run, with their default: left out of the trial id while at it,
+# so that a --resume of such a sweep still finds its finished trials.
+FIELDS_ADDED_LATER = {"victim_model": None, "batchnorm_diagnostic": False}
 
 
 def trial_id_for(config: TrialConfig) -> str:
     values = {name: value for name, value in config.to_dict().items()
-              if value is not None or name not in ID_FIELDS_WHEN_SET}
+              if name not in FIELDS_ADDED_LATER or value != FIELDS_ADDED_LATER[name]}
     digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
     return f"{config.attack}-{config.defense.replace('+', '_')}-s{config.seed}-{digest[:8]}"
 

@@ -24,7 +24,7 @@ from analysis.findings import DEFAULT_NOISE, check_findings, render_findings  # 
 from analysis.tables import (FORMATS, load_trials, render_schedule_curve, report,  # noqa: E402
                              schedule_curve)
 from vb_sweep.commands.options import OneLineErrorParser  # noqa: E402
-from vb_sweep.errors import ConfigError, check_fraction  # noqa: E402
+from vb_sweep.errors import ConfigError, check_file, check_fraction  # noqa: E402
 from vb_sweep.results import REPORTED_EPOCHS, at_reported_epoch  # noqa: E402
 
 
@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--findings", action="store_true",
                         help="instead of the table, whether the grid supports each of the "
                              "paper's findings (docs/method.md section 4), with the deciding cells")
+    parser.add_argument("--skip-unreadable", action="store_true",
+                        help="skip (with a warning) a row file that cannot be read, instead of "
+                             "refusing to print a table without it")
     parser.add_argument("--by-epochs", action="store_true",
                         help="instead of the table, each variant's BA / ASR against the schedule "
                              "length, with its BA minus the no-defense BA at that length (md or "
@@ -79,7 +82,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        trials = load_trials(*args.results_dirs)
+        if args.out is not None:
+            check_file("--out", args.out)
+        trials = load_trials(*args.results_dirs, skip_unreadable=args.skip_unreadable)
         filters = dict(dataset=args.dataset, poison_rate=args.poison_rate, preset=args.preset,
                        t_f=args.t_f, t_m=args.t_m, epochs=args.epochs)
         if args.by_epochs:

@@ -38,6 +38,7 @@ from analysis.tables import (  # noqa: E402
 from vb_sweep.commands.options import OneLineErrorParser  # noqa: E402
 from vb_sweep.commands.search import PARETO_FILE, STUDY_FILE  # noqa: E402
 from vb_sweep.config import DEFENSES  # noqa: E402
+from vb_sweep.errors import ConfigError, check_folder, first_line  # noqa: E402
 from vb_sweep.figures import draw_training_curves  # noqa: E402
 from vb_sweep.results import at_reported_epoch, read_history, read_trials  # noqa: E402
 
@@ -109,9 +110,7 @@ def entropy_histogram_figure(history: pd.DataFrame, trial_id: str, split: int = 
     splits = histogram_splits(history, trial_id)
     if splits.empty:
         return None
-    if not -len(splits) <= split < len(splits):
-        raise IndexError(f"split {split} out of range: trial {trial_id} has {len(splits)} "
-                         f"splits with histograms (0..{len(splits) - 1}, or -1 for the last)")
+    check_split(history, trial_id, split)
     row = splits.iloc[split]
     poisoned = np.asarray(row["entropy_hist_poisoned"], dtype=float)
     benign = np.asarray(row["entropy_hist_benign"], dtype=float)
@@ -131,6 +130,14 @@ def entropy_histogram_figure(history: pd.DataFrame, trial_id: str, split: int = 
                  f"{trial_title(trial, trial_id)}")
     ax.legend()
     return fig
+
+
+def check_split(history: pd.DataFrame, trial_id: str, split: int) -> None:
+    """IndexError (one line) when the trial has histograms but no split ``split``."""
+    count = len(histogram_splits(history, trial_id))
+    if count and not -count <= split < count:
+        raise IndexError(f"invalid --split: {split} (allowed: 0..{count - 1}, or -1 for the "
+                         f"last; trial {trial_id} has {count} splits with histograms)")
 
 
 def _split_axis(ax, labels: list[str]) -> None:
@@ -449,13 +456,25 @@ def render_threshold_heatmaps(trials: pd.DataFrame, out_dir: Path, note: Note) -
     return written
 
 
-def render_pareto_front(results_dir: Path, trials: pd.DataFrame, out_dir: Path,
-                        note: Note) -> list[Path]:
+def read_pareto(results_dir: Path) -> pd.DataFrame | None:
+    """The search's Pareto front, None without one; a file that does not read is a
+    ConfigError naming it."""
     path = results_dir / PARETO_FILE
     if not path.exists():
+        return None
+    try:
+        return pd.read_parquet(path)
+    except Exception as err:  # noqa: BLE001 - corrupt or not Parquet
+        raise ConfigError("results file", str(path), "the Pareto front vb-sweep search writes "
+                          f"(this one does not read: {first_line(err)})") from None
+
+
+def render_pareto_front(pareto: pd.DataFrame | None, trials: pd.DataFrame, out_dir: Path,
+                        note: Note) -> list[Path]:
+    if pareto is None:
         note(f"skipped pareto_front: no {PARETO_FILE} (written by vb-sweep search)")
         return []
-    fig = pareto_front_figure(pd.read_parquet(path), trials)
+    fig = pareto_front_figure(pareto, trials)
     if fig is None:
         note(f"skipped pareto_front: {PARETO_FILE} is empty")
         return []
@@ -523,23 +542,29 @@ def render_optuna_figures(results_dir: Path, out_dir: Path, note: Note) -> list[
 
 
 def render_all(results_dir: str | Path, out_dir: str | Path, trial_id: str | None = None,
-               split: int = -1, note: Note = print) -> list[Path]:
-    """Every figure whose data is in ``results_dir``; ``note`` gets a line per skipped one."""
+               split: int = -1, note: Note = print, skip_unreadable: bool = False) -> list[Path]:
+    """Every figure whose data is in ``results_dir``; ``note`` gets a line per skipped one.
+    Every input is checked before the first figure is written."""
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     if not results_dir.is_dir():
         raise FileNotFoundError(f"results folder not found: {results_dir}")
-    trials, history = read_trials(results_dir), read_history(results_dir)
+    check_folder("--out", out_dir)
+    trials = read_trials(results_dir, strict=not skip_unreadable)
+    history = read_history(results_dir, strict=not skip_unreadable)
     if trials.empty and not (results_dir / PARETO_FILE).exists():
         raise FileNotFoundError(f"nothing to plot under {results_dir}: no trial rows in trials/ "
                                 f"and no {PARETO_FILE} (the --out folder of a sweep)")
     if trial_id is not None and trial_id not in set(trials["trial_id"]):
         raise FileNotFoundError(f"invalid --trial: {trial_id!r} (allowed: a trial_id of "
                                 f"{results_dir / 'trials'}, e.g. {trials['trial_id'].iloc[0]})")
+    for _, shown_id, _ in trials_to_show(trials, history, trial_id):
+        check_split(history, shown_id, split)
+    pareto = read_pareto(results_dir)
     return (render_variant_bars(trials, out_dir, note)
             + render_schedule_curves(trials, out_dir, note)
             + render_trial_figures(trials, history, out_dir, note, trial_id, split)
             + render_threshold_figures(results_dir, trials, out_dir, note)
-            + render_pareto_front(results_dir, trials, out_dir, note))
+            + render_pareto_front(pareto, trials, out_dir, note))
 
 
 def render_threshold_figures(results_dir: Path, trials: pd.DataFrame, out_dir: Path,
@@ -562,10 +587,14 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: one per attack, the most complete variant)")
     parser.add_argument("--split", type=int, default=-1, metavar="N",
                         help="which filter split's histogram, 0-based (default -1: the last)")
+    parser.add_argument("--skip-unreadable", action="store_true",
+                        help="skip (with a warning) a results file that cannot be read, instead "
+                             "of refusing to draw without it")
     args = parser.parse_args(argv)
     try:
-        written = render_all(args.results_dir, args.out, args.trial, args.split)
-    except (FileNotFoundError, IndexError) as err:
+        written = render_all(args.results_dir, args.out, args.trial, args.split,
+                             skip_unreadable=args.skip_unreadable)
+    except (FileNotFoundError, IndexError, ConfigError) as err:
         print(f"plots.py: error: {err}", file=sys.stderr, flush=True)
         return 2
     for path in written:

@@ -53,14 +53,15 @@ LEGEND = ("BA, ASR and DER in % at the {epoch}, mean ± std over seeds (n = seed
 # ---------------------------------------------------------------------------------------------
 # Loading and selecting rows
 
-def load_trials(*results_dirs: str | Path) -> pd.DataFrame:
+def load_trials(*results_dirs: str | Path, skip_unreadable: bool = False) -> pd.DataFrame:
     """The trials of one or more results folders, as one table (several sweeps, e.g. one per
-    schedule length, read together); FileNotFoundError (one line) for a folder with none."""
+    schedule length, read together); FileNotFoundError (one line) for a folder with none. An
+    unreadable row file is a ConfigError naming it, or skipped with a warning."""
     frames = []
     for results_dir in map(Path, results_dirs):
         if not results_dir.is_dir():
             raise FileNotFoundError(f"results folder not found: {results_dir}")
-        trials = read_trials(results_dir)
+        trials = read_trials(results_dir, strict=not skip_unreadable)
         if trials.empty:
             raise FileNotFoundError(f"no trial rows under {results_dir / TRIALS_DIR} "
                                     "(the --out folder of vb-sweep ablation)")

@@ -351,7 +351,7 @@ def test_entropy_histogram_at_a_chosen_split(results, tmp_path):
     trial_id = history["trial_id"].iloc[0]
     fig = plots.entropy_histogram_figure(history, trial_id, split=0)
     assert "split victim 0" in fig.axes[0].get_title()
-    with pytest.raises(IndexError, match="out of range"):
+    with pytest.raises(IndexError, match="invalid --split: 99"):
         plots.entropy_histogram_figure(history, trial_id, split=99)
 
 

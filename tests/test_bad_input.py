@@ -60,6 +60,8 @@ SWEEP_CASES = [
     (["--sweep", "../escape"], "--sweep"),
     (["--preset", "cpu", "--data-root", "missing-folder"], "data_root"),
     (["--preset", "cpu"], "data_root"),  # CIFAR-10 needs --data-root
+    (["--preset", "cpu", "--data-root", "TRUNCATED_CIFAR"], "data_root"),
+    (["--epochs", "two"], "allowed: an integer"),
 ]
 ABLATION_CASES = [
     (["--attacks", "nope"], "attack"),
@@ -85,6 +87,10 @@ SEARCH_CASES = [
     (["--n-trials", "0"], "--n-trials"),
     (["--concurrency", "0"], "--concurrency"),
     (["--storage", "bogus://nowhere"], "--storage"),
+    (["--storage", "sqlite:///MISSING/study.db"], "--storage"),
+    (["--storage", "sqlite://"], "--storage"),
+    (["--storage", "postgresql://user:secret@127.0.0.1:1/db"], "--storage"),
+    (["--sampler-seed", "x"], "allowed: an integer"),
 ]
 RUN_CASES = [
     (["--attack", "nope"], "attack"),
@@ -102,12 +108,17 @@ RUN_CASES = [
     (["--device", "cuda"], "device"),
     (["--set", "lr=NaN"], "lr"),
     (["--dataset", "cifar10", "--data-root", "missing-folder"], "data_root"),
+    (["--dataset", "cifar10", "--data-root", "TRUNCATED_CIFAR"], "data_root"),
+    (["--cache-dir", "A_FILE/cache"], "--cache-dir"),
+    (["--epochs", "two"], "allowed: an integer"),
 ]
 SHOW_ATTACKS_CASES = [
     (["--attacks", "nope"], "attack"),
     (["--dataset", "mnist"], "dataset"),
     (["--attack-preset", "mine"], "attack preset"),
     (["--preset", "huge"], "--preset"),
+    (["--out", "gallery.xyz"], "--out"),
+    (["--out", "A_FILE/gallery.png"], "--out"),
 ]
 
 
@@ -136,49 +147,77 @@ def assert_one_line_error(code: int, err: str, word: str) -> None:
     assert len(lines) == 1 and "error:" in lines[0] and word in lines[0], lines
 
 
-def sweep_case(command: str, args: list[str], word: str, tmp_path, capsys) -> None:
+@pytest.fixture
+def places(tmp_path) -> dict[str, str]:
+    """Stand-ins a case's arguments may name: a file, a missing folder, and a CIFAR-10 folder
+    whose batches are cut short (the real layout, files that do not load)."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    truncated = tmp_path / "truncated" / "cifar-10-batches-py"
+    truncated.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (truncated / name).write_bytes(b"\x80\x04\x95")  # a pickle's first bytes
+    return {"A_FILE": str(a_file), "MISSING": str(tmp_path / "missing"),
+            "TRUNCATED_CIFAR": str(truncated.parent)}
+
+
+def placed(args: list[str], places: dict[str, str]) -> list[str]:
+    for name, path in places.items():
+        args = [arg.replace(name, path) for arg in args]
+    return args
+
+
+def sweep_case(command: str, args: list[str], word: str, tmp_path, capsys, places) -> None:
     out = tmp_path / "out"
     required = ["--attack", "badnets"] if command == "search" and "--attack" not in args else []
-    code = call(cli.main, [command, *required, *args, "--out", str(out)])
+    code = call(cli.main, [command, *required, *placed(args, places), "--out", str(out)])
     assert_one_line_error(code, capsys.readouterr().err, word)
     assert not out.exists(), sorted(p.name for p in out.iterdir())
 
 
 @pytest.mark.parametrize("args, word", SWEEP_CASES + ABLATION_CASES)
-def test_ablation_bad_input(args, word, tmp_path, capsys):
-    sweep_case("ablation", args, word, tmp_path, capsys)
+def test_ablation_bad_input(args, word, tmp_path, capsys, places):
+    sweep_case("ablation", args, word, tmp_path, capsys, places)
 
 
 @pytest.mark.parametrize("args, word", SWEEP_CASES + SEARCH_CASES)
-def test_search_bad_input(args, word, tmp_path, capsys):
-    sweep_case("search", args, word, tmp_path, capsys)
+def test_search_bad_input(args, word, tmp_path, capsys, places):
+    sweep_case("search", args, word, tmp_path, capsys, places)
+    assert "secret" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, word", RUN_CASES)
-def test_run_bad_input(args, word, tmp_path, capsys):
+def test_run_bad_input(args, word, tmp_path, capsys, places):
     out = tmp_path / "out"
-    code = call(cli.main, ["run", *args, "--out", str(out)])
-    assert_one_line_error(code, capsys.readouterr().err, word)
-    assert not (out / "trials").exists()
-
-
-@pytest.mark.parametrize("args, word", SHOW_ATTACKS_CASES)
-def test_show_attacks_bad_input(args, word, tmp_path, capsys):
-    out = tmp_path / "attacks.png"
-    code = call(cli.main, ["show-attacks", *args, "--out", str(out)])
+    code = call(cli.main, ["run", *placed(args, places), "--out", str(out)])
     assert_one_line_error(code, capsys.readouterr().err, word)
     assert not out.exists()
 
 
-@pytest.mark.parametrize("folder", ["out", "cache-dir", "storage-path"])
-def test_a_file_where_a_folder_belongs(folder, tmp_path, capsys):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a folder")
+@pytest.mark.parametrize("args, word", SHOW_ATTACKS_CASES)
+def test_show_attacks_bad_input(args, word, tmp_path, capsys, places):
+    out = tmp_path / "attacks.png"
+    code = call(cli.main, ["show-attacks", "--out", str(out), *placed(args, places)])
+    assert_one_line_error(code, capsys.readouterr().err, word)
+    assert not out.exists() and not list(tmp_path.glob("gallery*"))
+
+
+# A place no folder can be made: a file, under a file, under /proc (root may write anywhere
+# else, so permissions alone cannot stand in for this).
+UNMAKEABLE = {"a file": "A_FILE", "under a file": "A_FILE/sub", "under /proc": "/proc/vb-sweep"}
+
+
+@pytest.mark.parametrize("place", UNMAKEABLE)
+@pytest.mark.parametrize("command, folder", [("ablation", "out"), ("ablation", "cache-dir"),
+                                             ("ablation", "storage-path"), ("search", "out"),
+                                             ("run", "out"), ("run", "cache-dir")])
+def test_a_folder_that_cannot_be_made(command, folder, place, tmp_path, capsys, places):
     out = tmp_path / "out"
-    paths = {"out": str(out), folder: str(blocker)}
-    code = call(cli.main, ["ablation", *[f"--{k}={v}" for k, v in paths.items()]])
+    paths = {"out": str(out), folder: placed([UNMAKEABLE[place]], places)[0]}
+    required = ["--attack", "badnets"] if command == "search" else []
+    code = call(cli.main, [command, *required, *[f"--{k}={v}" for k, v in paths.items()]])
     assert_one_line_error(code, capsys.readouterr().err, f"--{folder}")
-    assert blocker.read_text() == "not a folder"
+    assert Path(places["A_FILE"]).read_text() == "not a folder"
     assert folder == "out" or not out.exists()
 
 
@@ -207,11 +246,21 @@ def results(tmp_path):
            "ra": 0.1, "status": "ok", "epochs": 2}
     write_trial(out, row, [{"sweep": "s", "trial_id": row["trial_id"], "epoch": 1,
                             "stage": "plain", "ba": 0.9, "asr": 0.9}])
+    vab = {**row, "trial_id": "badnets-vab-s0-x", "defense": "vab", "ba": 0.85, "asr": 0.02}
+    split = {"sweep": "s", "trial_id": vab["trial_id"], "epoch": 0, "stage": "victim",
+             "entropy_hist_poisoned": [5] + [0] * 19, "entropy_hist_benign": [1] * 20}
+    write_trial(out, vab, [split])  # one split with histograms: --split 0 or -1
     return out
 
 
 ANALYSIS_CASES = [
     (ablation_table.main, ["missing-folder"], "results"),
+    (ablation_table.main, ["RESULTS", "--out", "A_FILE/table.md"], "--out"),
+    (ablation_table.main, ["RESULTS", "--out", "RESULTS"], "--out"),
+    (ablation_table.main, ["RESULTS", "--epochs", "two"], "--epochs"),
+    (plots.main, ["RESULTS", "--out", "A_FILE/figures"], "--out"),
+    (plots.main, ["RESULTS", "--split", "5"], "--split"),
+    (plots.main, ["RESULTS", "--split", "last"], "allowed: an integer"),
     (ablation_table.main, ["RESULTS", "--dataset", "mnist"], "--dataset"),
     (ablation_table.main, ["RESULTS", "--epoch", "middle"], "--epoch"),
     (ablation_table.main, ["RESULTS", "--format", "pdf"], "--format"),
@@ -222,26 +271,41 @@ ANALYSIS_CASES = [
 
 
 @pytest.mark.parametrize("main, args, word", ANALYSIS_CASES)
-def test_analysis_bad_input(main, args, word, results, tmp_path, capsys):
+def test_analysis_bad_input(main, args, word, results, tmp_path, capsys, places):
     empty = tmp_path / "empty"
     empty.mkdir()
-    places = {"RESULTS": str(results), "EMPTY": str(empty),
+    places = {**places, "RESULTS": str(results), "EMPTY": str(empty),
               "missing-folder": str(tmp_path / "missing")}
-    argv = [places.get(arg, arg) for arg in args] + ["--out", str(tmp_path / "figures")]
+    argv = placed(args, places)
+    if "--out" not in args:
+        argv += ["--out", str(tmp_path / "figures")]
     code = call(main, argv)
     assert_one_line_error(code, capsys.readouterr().err, word)
+    assert not (tmp_path / "figures").exists()
 
 
-def test_analysis_reads_past_a_corrupt_file_with_a_warning(results, capsys):
-    """One corrupt Parquet file and one of another schema in trials/: the table is made from
-    the rest, each skipped file named in a warning."""
+def test_a_corrupt_pareto_front_is_refused_before_any_figure(results, tmp_path, capsys):
+    (results / "pareto.parquet").write_bytes(b"PAR1 not really")
+    code = call(plots.main, [str(results), "--out", str(tmp_path / "figures")])
+    assert_one_line_error(code, capsys.readouterr().err, "pareto.parquet")
+    assert not (tmp_path / "figures").exists()
+
+
+@pytest.mark.parametrize("main", [ablation_table.main, plots.main])
+def test_a_corrupt_results_file_is_refused_unless_skipped(main, results, tmp_path, capsys):
+    """One corrupt Parquet file and one of another schema in trials/: a table or figure without
+    them would be silently partial, so it is refused (one line naming the file);
+    --skip-unreadable makes it from the rest, each skipped file named in a warning."""
     import pandas as pd
 
     (results / "trials" / "corrupt.parquet").write_bytes(b"PAR1 not really")
     pd.DataFrame({"something": ["else"]}).to_parquet(results / "trials" / "other.parquet")
-    assert call(ablation_table.main, [str(results)]) == 0
+    figures = ["--out", str(tmp_path / "figures")] if main is plots.main else []
+    code = call(main, [str(results), *figures])
+    assert_one_line_error(code, capsys.readouterr().err, "--skip-unreadable")
+    assert call(main, [str(results), *figures, "--skip-unreadable"]) == 0
     captured = capsys.readouterr()
-    assert "badnets" in captured.out
+    assert "badnets" in captured.out or main is plots.main
     warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
     assert any("corrupt.parquet" in line for line in warnings), captured.err
     assert any("other.parquet" in line for line in warnings), captured.err

@@ -19,7 +19,6 @@ data is loaded or any cluster starts, and nothing is written.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -50,17 +49,6 @@ def victim_progress(stage: str, epoch: int, state) -> None:
     suspicious = int(state.suspicious.sum())
     print(f"  {stage} split {epoch}: Ds {suspicious} Dc {state.suspicious.numel() - suspicious}",
           flush=True)
-
-
-def check_writable(folder: Path) -> Path:
-    """Create the output folder if needed and make sure files can be written in it."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError("--out", str(folder), f"a writable folder ({err.strerror})") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError("--out", str(folder), "a writable folder")
-    return folder
 
 
 def add_trial_options(parser: argparse.ArgumentParser) -> None:
@@ -123,13 +111,15 @@ def command_run(args) -> int:
     from vb_sweep.trial import run_trial
 
     from vb_sweep.config import check_device_present
-    from vb_sweep.errors import check_number
+    from vb_sweep.errors import check_folder, check_number
 
     config = config_from_args(args)
     if args.threads is not None:
         check_number("--threads", args.threads, integer=True, minimum=1)
     check_device_present(config.device)
-    out = check_writable(Path(args.out))
+    out = check_folder("--out", args.out)
+    if args.cache_dir:
+        check_folder("--cache-dir", args.cache_dir)
     if args.threads:
         import torch
 
@@ -143,7 +133,7 @@ def command_run(args) -> int:
                        on_victim_split=victim_progress)
     path = write_trial(out, result.row, result.history)
     for name, content in result.figures.items():
-        (out / "figures").mkdir(exist_ok=True)
+        (out / "figures").mkdir(parents=True, exist_ok=True)
         (out / "figures" / f"{result.row['trial_id']}-{name}").write_bytes(content)
     row = result.row
     print(f"final: BA {row['ba']:.4f} ASR {row['asr']:.4f} RA {row['ra']:.4f}"
@@ -162,14 +152,19 @@ def command_show_attacks(args) -> int:
     from vb_sweep.gallery import render_attack_gallery
 
     from vb_sweep.config import PRESETS
-    from vb_sweep.errors import check_choice
+    from vb_sweep.errors import check_choice, check_file, check_folder
 
     check_choice("--preset", args.preset, PRESETS)
     names = args.attacks or ATTACKS.names()
     attacks = [build_attack(name, preset=args.attack_preset,
                             **attack_budget(args.preset, name)) for name in names]
     out = Path(args.out)
-    check_writable(out.parent if str(out.parent) else Path("."))
+    if out.suffix.lower() not in (".png", ".svg"):
+        raise ConfigError("--out", str(out), "a .png file, or .svg (written with a .png beside "
+                          "it)")
+    check_file("--out", out)
+    if args.cache_dir:
+        check_folder("--cache-dir", args.cache_dir)
     data = load_dataset(args.dataset, args.data_root)
     cache = ArtifactCache(args.cache_dir) if args.cache_dir else None
     for attack in attacks:

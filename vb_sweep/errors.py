@@ -7,7 +7,13 @@ so command-line entry points can print one line and exit with status 2 before an
 from __future__ import annotations
 
 import math
+import os
+import tempfile
+from pathlib import Path
 from typing import Iterable
+
+# The largest seed: every random generator the project seeds (torch, numpy, random) takes it.
+MAX_SEED = 2**32 - 1
 
 
 class ConfigError(ValueError):
@@ -54,9 +60,40 @@ def check_number(field: str, value, *, integer: bool = False, minimum: float = 0
     """``value`` must be a finite number (an int when ``integer``; never a bool) in
     [minimum, maximum]."""
     kinds = (int,) if integer else (int, float)
-    if (isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value)
+    if (isinstance(value, bool) or not isinstance(value, kinds)
+            or (isinstance(value, float) and not math.isfinite(value))
             or value < minimum or (maximum is not None and value > maximum)):
         kind = "an integer" if integer else "a number"
         allowed = f"{kind} >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
         raise ConfigError(field, value, allowed)
     return value
+
+
+def check_folder(field: str, path) -> Path:
+    """``path`` is a folder this user can write in, or one that can be made: a temporary
+    folder is made and removed in its nearest existing parent, so nothing is left behind."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(field, str(path), f"a folder ({path} is a file)")
+    parent = next(p for p in (path, *path.parents) if p.exists())
+    if not parent.is_dir():
+        raise ConfigError(field, str(path), f"a folder ({parent} is a file)")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".write-check-"))
+    except OSError as err:
+        raise ConfigError(field, str(path), f"a folder this user can write ({parent}: "
+                          f"{err.strerror})") from None
+    return path
+
+
+def check_file(field: str, path) -> Path:
+    """``path`` can be written as a file: not a folder, in a folder that ``check_folder``
+    accepts."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ConfigError(field, str(path), "a file (this is a folder)")
+    try:
+        check_folder(field, path.parent)
+    except ConfigError as err:
+        raise ConfigError(field, str(path), f"a file in {err.allowed}") from None
+    return path

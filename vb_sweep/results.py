@@ -111,26 +111,30 @@ def write_trial(out_dir: Path, row: dict, history: list[dict]) -> Path:
     return write_parquet_atomically([row], TRIAL_SCHEMA, Path(out_dir) / TRIALS_DIR / name)
 
 
-def read_trials(out_dir: Path) -> pd.DataFrame:
-    """Every trial row under ``out_dir``; a file that cannot be read as a trials table (corrupt,
-    or of another schema) is skipped with a one-line warning, the rest are read."""
-    trials = read_table_folder(Path(out_dir) / TRIALS_DIR, TRIAL_SCHEMA, ("trial_id", "status"))
+def read_trials(out_dir: Path, strict: bool = False) -> pd.DataFrame:
+    """Every trial row under ``out_dir``. A file that cannot be read as a trials table (corrupt,
+    or of another schema) is skipped with a one-line warning, the rest are read; ``strict``
+    (the analysis scripts' default) refuses it instead, so no table is silently partial."""
+    trials = read_table_folder(Path(out_dir) / TRIALS_DIR, TRIAL_SCHEMA, ("trial_id", "status"),
+                               strict)
     # Rows written before finished_at was a timestamp hold it as text.
     trials["finished_at"] = pd.to_datetime(trials.get("finished_at"), utc=True, format="ISO8601")
     return trials
 
 
-def read_table_folder(folder: Path, schema: pa.Schema, required: tuple[str, ...]) -> pd.DataFrame:
+def read_table_folder(folder: Path, schema: pa.Schema, required: tuple[str, ...],
+                      strict: bool = False) -> pd.DataFrame:
+    unreadable = refuse_file if strict else skip_file
     frames = []
     for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
         try:
             table = pq.read_table(path)
         except Exception as err:  # noqa: BLE001 - corrupt or not Parquet: the others still count
-            skip_file(path, " ".join(str(err).split())[:120])
+            unreadable(path, " ".join(str(err).split())[:120])
             continue
         missing = [name for name in required if name not in table.column_names]
         if missing:
-            skip_file(path, f"not a {folder.name} table: no {', '.join(missing)} column")
+            unreadable(path, f"not a {folder.name} table: no {', '.join(missing)} column")
             continue
         frames.append(table.to_pandas())
     if not frames:
@@ -140,6 +144,13 @@ def read_table_folder(folder: Path, schema: pa.Schema, required: tuple[str, ...]
 
 def skip_file(path: Path, reason: str) -> None:
     print(f"warning: skipped {path}: {reason}", file=sys.stderr, flush=True)
+
+
+def refuse_file(path: Path, reason: str) -> None:
+    from vb_sweep.errors import ConfigError
+
+    raise ConfigError("results file", str(path), f"a readable results table ({reason}); move "
+                      "it away, or pass --skip-unreadable to read the others")
 
 
 def der(ba_none, asr_none, ba_def, asr_def):
@@ -169,6 +180,7 @@ def at_reported_epoch(trials: pd.DataFrame, epoch: str = "last") -> pd.DataFrame
     return trials.assign(ba=trials["best_ba"], asr=trials["best_ba_asr"], ra=float("nan"))
 
 
-def read_history(out_dir: Path) -> pd.DataFrame:
-    """Every per-epoch record under ``out_dir`` (unreadable files skipped, as ``read_trials``)."""
-    return read_table_folder(Path(out_dir) / HISTORY_DIR, HISTORY_SCHEMA, ("trial_id", "epoch"))
+def read_history(out_dir: Path, strict: bool = False) -> pd.DataFrame:
+    """Every per-epoch record under ``out_dir`` (unreadable files as in ``read_trials``)."""
+    return read_table_folder(Path(out_dir) / HISTORY_DIR, HISTORY_SCHEMA, ("trial_id", "epoch"),
+                             strict)

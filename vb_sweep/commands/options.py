@@ -21,7 +21,20 @@ class OneLineErrorParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {with_allowed(message)}\n")
+
+
+# argparse's words for a value its type rejected, and what the type allows.
+TYPE_ERRORS = {"invalid int value": "an integer", "invalid float value": "a number"}
+
+
+def with_allowed(message: str) -> str:
+    """argparse's message for a value that is not a number, with what is allowed (argparse
+    names the option and the value, not the kind of value it takes)."""
+    for words, allowed in TYPE_ERRORS.items():
+        if words in message:
+            return f"{message} (allowed: {allowed})"
+    return message
 
 
 def fail(prog: str, err: ConfigError) -> int:

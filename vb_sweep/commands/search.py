@@ -27,7 +27,7 @@ from vb_sweep.commands.options import (OneLineErrorParser, add_sweep_options, da
                                        interrupted, session_options)
 from vb_sweep.config import (DEFENSES, merge_overrides, parse_overrides, preset_config,
                              schedule_for)
-from vb_sweep.errors import ConfigError, check_fraction
+from vb_sweep.errors import ConfigError, check_folder, check_fraction, first_line
 from vb_sweep.sweep import SweepSession
 from vb_sweep.tracking import redact_url
 
@@ -98,17 +98,44 @@ def storage_url(args, out: Path) -> str:
     return args.storage or f"sqlite:///{(out / STUDY_FILE).resolve()}"
 
 
+STORAGE_EXAMPLES = "an Optuna storage URL such as sqlite:///PATH or postgresql://USER@HOST/DB"
+
+
 def check_storage_url(url: str) -> str:
-    """An Optuna RDB storage URL whose database driver is installed; nothing is opened."""
+    """A --storage the study can live in, checked before anything starts: a SQLite file in an
+    existing folder this user can write (the file is not created), or a database that its
+    installed driver reaches (connected to, nothing written)."""
+    from sqlalchemy import create_engine
     from sqlalchemy.engine import make_url
 
     try:
-        make_url(url).get_dialect()
-    except Exception as err:  # noqa: BLE001 - unparsable, or no such database driver
-        raise ConfigError("--storage", redact_url(url),
-                          f"an Optuna storage URL such as sqlite:///PATH or "
-                          f"postgresql://USER@HOST/DB ({type(err).__name__})") from None
+        parsed = make_url(url)
+        parsed.get_dialect()
+        if parsed.get_backend_name() == "sqlite":
+            check_sqlite_file(url, parsed.database)
+        else:
+            engine = create_engine(url)
+            try:
+                engine.connect().close()
+            finally:
+                engine.dispose()
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - unparsable, no driver, or unreachable
+        raise ConfigError("--storage", redact_url(url), f"{STORAGE_EXAMPLES} "
+                          f"({type(err).__name__}: {redact_url(first_line(err))})") from None
     return url
+
+
+def check_sqlite_file(url: str, database: str | None) -> None:
+    if not database or database == ":memory:":
+        raise ConfigError("--storage", url, "sqlite:///PATH of a file (a study must outlive "
+                          "the search)")
+    folder = Path(database).expanduser().parent
+    if not folder.is_dir():
+        raise ConfigError("--storage", url, f"sqlite:///PATH in an existing folder ({folder} "
+                          "is not one)")
+    check_folder("--storage", folder)
 
 
 # -- the study ------------------------------------------------------------------------------------
@@ -120,7 +147,7 @@ def open_study(url: str, name: str):
         storage = optuna.storages.RDBStorage(url)
     except Exception as err:  # noqa: BLE001 - any storage failure is a bad --storage
         raise ConfigError("--storage", redact_url(url),
-                          f"an Optuna storage URL ({redact_url(str(err))})") from None
+                          f"{STORAGE_EXAMPLES} ({redact_url(first_line(err))})") from None
     study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
                                 directions=["maximize" if mode == "max" else "minimize"
                                             for _, mode in OBJECTIVES])
@@ -218,7 +245,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         options = {**vars(args), "storage": redact_url(args.storage),
                    "mlflow_uri": redact_url(args.mlflow_uri)}
         session = SweepSession(session_options(args, "threshold_search", sweep, options))
-        url = check_storage_url(storage_url(args, session.out))
+        url = check_storage_url(args.storage) if args.storage else storage_url(args,
+                                                                                session.out)
         study_name = args.study_name or sweep
         session.check([base])
         if session.shared_folder_note():

@@ -43,8 +43,9 @@ FILE_FINDERS = {"cifar10": (cifar10.find_batches_dir, cifar10.EXPECTED_LAYOUT),
 
 
 def check_dataset_files(name: str, root: str | os.PathLike | None) -> None:
-    """The dataset's files are where ``load_dataset`` will look (without reading them): a
-    missing or partial layout is a ``ConfigError`` before any work starts."""
+    """The dataset's files are where ``load_dataset`` will look, and they load (a second or
+    two for CIFAR-10): a missing, partial, truncated or mis-shaped file is a ``ConfigError``
+    before any work starts."""
     if name not in FILE_FINDERS:
         return
     find, layout = FILE_FINDERS[name]
@@ -52,6 +53,7 @@ def check_dataset_files(name: str, root: str | os.PathLike | None) -> None:
     if find(resolved) is None:
         raise ConfigError("data_root", str(resolved), f"{layout}; none found there - point "
                           "--data-root at a folder holding the files")
+    load_dataset(name, resolved)
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, *,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vb_sweep.config import TrialConfig
-from vb_sweep.errors import ConfigError, check_number, first_line
+from vb_sweep.errors import ConfigError, check_folder, check_number, first_line
 from vb_sweep.grid import check_output_folder, manifest_for, write_manifest
 from vb_sweep.results import read_trials
 from vb_sweep.sweep.cluster import Resources, connect, plan_resources, prepare_artifacts
@@ -158,17 +158,6 @@ def check_session_options(options: SessionOptions) -> None:
         check_number("--cpus", options.cpus, integer=True, minimum=1)
     if options.gpus is not None:
         check_number("--gpus", options.gpus, integer=True, minimum=0)
-
-
-def check_folder(field: str, path) -> None:
-    """``path`` is a folder, or can be made one by this user (its nearest existing parent is a
-    writable folder); nothing is created."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(field, str(path), "a folder (this is a file)")
-    parent = next(p for p in (path, *path.parents) if p.exists())
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(field, str(path), f"a folder this user can write ({parent} is not)")
 
 
 def check_local_machine(options: SessionOptions, configs: list[TrialConfig]) -> None:

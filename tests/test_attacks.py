@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from vb_sweep.attacks import ATTACKS, Attack, build_attack
 from vb_sweep.data.base import ImageDataset
 from vb_sweep.errors import ConfigError
-from vb_sweep.gallery import render_attack_gallery, trigger_preview_png
+from vb_sweep.figures import trigger_preview_png
+from vb_sweep.gallery import render_attack_gallery
 
 UNTRAINED = ["badnets", "blend", "wanet", "sig"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -364,5 +365,6 @@ def test_gallery_svg_also_writes_the_png(tmp_path):
 
 
 def test_trigger_preview_is_png_bytes():
-    png = trigger_preview_png(make_dataset(per_class=1), build_attack("wanet"))
+    clean = make_dataset(per_class=1).images[:3]
+    png = trigger_preview_png(clean, build_attack("wanet").apply_trigger(clean), "wanet")
     assert png.startswith(PNG_MAGIC) and len(png) > 1000

@@ -240,27 +240,27 @@ def test_the_status_table_is_printed_only_when_a_trial_moved():
     assert reporter.should_report([trial], done=True)  # the last table is always printed
 
 
-def test_progress_line_has_elapsed_time_and_an_estimate_of_the_rest():
-    from vb_sweep.sweep import progress_line
+def test_trial_line_has_elapsed_time_and_an_estimate_of_the_rest():
+    from vb_sweep.sweep import trial_line
 
     row = {"trial_id": "badnets-vab-s0-x", "status": "ok", "ba": 0.91, "asr": 0.002,
            "wall_s": 75.2}
-    line = progress_line(2, 6, row, elapsed_s=150)
+    line = trial_line(2, 6, row, elapsed_s=150)
     assert line == ("[2/6] badnets-vab-s0-x finished: BA 0.910 ASR 0.002 in 75 s | "
                     "elapsed 2:30, about 5:00 left")
-    assert progress_line(6, 6, row, elapsed_s=400).endswith("elapsed 6:40")
+    assert trial_line(6, 6, row, elapsed_s=400).endswith("elapsed 6:40")
 
 
-def test_progress_line_shows_the_filter_of_a_filtering_variant():
-    from vb_sweep.sweep import progress_line
+def test_trial_line_shows_the_filter_of_a_filtering_variant():
+    from vb_sweep.sweep import trial_line
 
     row = {"trial_id": "badnets-vab-s0-x", "status": "ok", "ba": 0.934, "asr": 0.0,
            "wall_s": 149.0, "filter_recall": 1.0, "filter_precision": 0.98}
-    assert progress_line(1, 2, row) == ("[1/2] badnets-vab-s0-x finished: BA 0.934 ASR 0.000 "
+    assert trial_line(1, 2, row) == ("[1/2] badnets-vab-s0-x finished: BA 0.934 ASR 0.000 "
                                         "in 149 s; filter recall 1.00 precision 0.98")
     plain = {**row, "trial_id": "badnets-none-s0-x", "filter_recall": None,
              "filter_precision": float("nan")}
-    assert "filter" not in progress_line(2, 2, plain)
+    assert "filter" not in trial_line(2, 2, plain)
 
 
 # -- fault hooks ----------------------------------------------------------------------------------
@@ -308,7 +308,7 @@ def test_tracker_follows_mlflow_conventions(tmp_path):
     figures as one summary/ group, and the grid on the parent run."""
     from mlflow import MlflowClient
 
-    from vb_sweep.tracking import git_commit
+    from vb_sweep import git_commit
 
     config = build_grid(GridOptions(attacks=["badnets"], defenses=["F+AT+SST+S"]))[0]
     row = {"trial_id": trial_id_for(config), "status": "ok", "ba": 0.7, "asr": 0.1,

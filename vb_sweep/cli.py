@@ -29,7 +29,7 @@ from vb_sweep.errors import ConfigError
 SWEEP_COMMANDS = {"ablation": "vb_sweep.commands.ablation", "search": "vb_sweep.commands.search"}
 
 
-def progress_line(record: dict, epochs: int) -> str:
+def epoch_line(record: dict, epochs: int) -> str:
     """One line per history record: what a user watches during a trial."""
     if record["stage"] == "victim" and record["epoch"] == 0:
         head = "victim split after warm-up"
@@ -129,7 +129,7 @@ def command_run(args) -> int:
           f"({config.preset} preset, {config.epochs} epochs, seed {config.seed})", flush=True)
     cache = ArtifactCache(args.cache_dir or out / "cache")
     result = run_trial(config, cache=cache, sweep=args.sweep,
-                       on_epoch=lambda r: print(progress_line(r, config.epochs), flush=True),
+                       on_epoch=lambda r: print(epoch_line(r, config.epochs), flush=True),
                        on_victim_split=victim_progress)
     path = write_trial(out, result.row, result.history)
     for name, content in result.figures.items():

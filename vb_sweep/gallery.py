@@ -2,7 +2,6 @@
 |difference|, so a reader can check every trigger by eye against the paper.
 
     render_attack_gallery(test_set, [build_attack("badnets"), build_attack("sig")], "gallery.png")
-    png = trigger_preview_png(test_set, attack)   # one attack, PNG bytes (an MLflow artifact)
 
 Drawing uses matplotlib's Agg canvas directly (no pyplot, no global state). The gallery only
 calls ``apply_trigger``: attacks with ``requires_training`` must be prepared by the caller, and
@@ -11,7 +10,6 @@ are skipped (with a warning) if their trigger cannot be applied yet.
 
 from __future__ import annotations
 
-import io
 import os
 import warnings
 from pathlib import Path
@@ -45,15 +43,6 @@ def render_attack_gallery(dataset: ImageDataset, attacks: list[Attack],
     figure.savefig(out_path, format="png", dpi=120)
     written.insert(0, out_path)
     return written
-
-
-def trigger_preview_png(dataset: ImageDataset, attack: Attack, n_images: int = 3) -> bytes:
-    """A small one-attack gallery as PNG bytes."""
-    clean = sample_images(dataset, n_images)
-    figure = draw_gallery(clean, [(attack, attack.apply_trigger(clean))])
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
 
 
 def sample_images(dataset: ImageDataset, n_images: int) -> torch.Tensor:

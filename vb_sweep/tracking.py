@@ -19,14 +19,12 @@ Browse the default store with ``mlflow ui --backend-store-uri sqlite:///OUT/mlfl
 
 from __future__ import annotations
 
-import functools
 import getpass
 import json
 import logging
 import math
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +34,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterable
 
+from vb_sweep import git_commit
 from vb_sweep.errors import ConfigError
 
 # History columns logged as per-epoch metrics (step = Beneficiary epoch; 0 is the Victim's
@@ -76,17 +75,6 @@ def _user() -> str:
         return getpass.getuser()
     except Exception:  # noqa: BLE001 - no login name in some containers
         return "unknown"
-
-
-@functools.cache
-def git_commit() -> str | None:
-    """The commit of the checkout this package runs from, if it is one (asked once)."""
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                              capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def run_name(config: dict, thresholds: bool = False) -> str:

@@ -16,14 +16,11 @@ that dict back as ``checkpoint=`` resumes the trial after that epoch.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import subprocess
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Callable
 
 import vb_sweep
@@ -170,11 +167,7 @@ def trial_figures(history: list[dict], poison: PreparedPoison, data: DatasetSpli
     return figures
 
 
-@functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"{vb_sweep.__version__}+{commit}" if commit else vb_sweep.__version__
+    """The package version, with the checkout's short commit when it runs from one."""
+    commit = vb_sweep.git_commit()
+    return f"{vb_sweep.__version__}+{commit[:7]}" if commit else vb_sweep.__version__

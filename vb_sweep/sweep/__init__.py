@@ -9,12 +9,12 @@
 """
 
 from vb_sweep.sweep.cluster import Resources, plan_resources, prepare_artifacts
-from vb_sweep.sweep.recorder import TrialRecorder, progress_line
+from vb_sweep.sweep.recorder import TrialRecorder, trial_line
 from vb_sweep.sweep.session import SessionOptions, SweepSession, grid_param_space
 from vb_sweep.sweep.worker import (STATE_FILE, base_spec, fault_injection, latest_resumable,
                                    run_with_recovery, sweep_trial, trial_spec)
 
 __all__ = ["Resources", "STATE_FILE", "SessionOptions", "SweepSession", "TrialRecorder",
            "base_spec", "fault_injection", "grid_param_space", "latest_resumable",
-           "plan_resources", "prepare_artifacts", "progress_line", "run_with_recovery",
+           "plan_resources", "prepare_artifacts", "trial_line", "run_with_recovery",
            "sweep_trial", "trial_spec"]

@@ -70,7 +70,7 @@ class TrialRecorder:
         if self.tracker is not None and row["mlflow_run_id"] is None:
             self.keep_for_mlflow(spec["config"], row, history, figures)
         self.done += 1
-        print(progress_line(self.done, self.total, row, time.monotonic() - self.started),
+        print(trial_line(self.done, self.total, row, time.monotonic() - self.started),
               flush=True)
         return row
 
@@ -154,7 +154,7 @@ class TrialRecorder:
         return self.record(spec, result["row"], result["history"], figures)
 
 
-def progress_line(done: int, total: int, row: dict, elapsed_s: float | None = None) -> str:
+def trial_line(done: int, total: int, row: dict, elapsed_s: float | None = None) -> str:
     """``[k/N] TRIAL finished: BA .. ASR .. in .. s``, with the Victim's filter at the last
     split for a filtering variant (recall: the share of the poisoned images it set aside) and,
     given the time since the trials started, the elapsed time and an estimate of what is left

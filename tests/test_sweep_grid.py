@@ -125,9 +125,9 @@ def test_set_overrides_the_options_fields_too():
 
 
 def test_set_overrides_options_in_every_entry_point():
-    from vb_sweep.cli import build_parser, config_from_args
+    from vb_sweep.commands.run import build_parser, config_from_args
 
-    args = build_parser().parse_args(["run", "--t-m", "0.3", "--epochs", "4",
+    args = build_parser().parse_args(["--t-m", "0.3", "--epochs", "4",
                                       "--set", "t_m=0.1", "seed=3", "lr_milestones=[1, 2]"])
     config = config_from_args(args)
     assert (config.t_m, config.seed, config.lr_milestones, config.epochs) == (0.1, 3, (1, 2), 4)

@@ -1,2 +1,4 @@
-"""The sweep commands behind ``vb-sweep ablation`` and ``vb-sweep search`` (and the scripts in
-experiments/ that call them)."""
+"""The commands of ``vb-sweep`` (see vb_sweep/cli.py), one module each: ``ablation``,
+``search``, ``run`` and ``show_attacks``, each with ``build_parser(prog)`` and
+``main(argv, prog)``; ``options`` holds what they share. The scripts in experiments/ call
+``ablation`` and ``search``."""

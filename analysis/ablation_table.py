@@ -2,7 +2,7 @@
 
     python analysis/ablation_table.py RESULTS_DIR [RESULTS_DIR ...] [--format md|latex|html|csv]
         [--out FILE] [--dataset D] [--poison-rate R] [--preset P] [--t-f X] [--t-m X]
-        [--epochs N] [--epoch last|best] [--findings [--noise X] | --by-epochs]
+        [--epochs N] [--epoch last|best] [--findings [--noise X|seeds] | --by-epochs]
 
 Rows: none, F, F+AT, F+AT+SST, F+AT+SST+S, vab; per attack BA, ASR and DER in percent, mean ±
 std over seeds; one table per dataset, rate, preset, target, threshold pair and schedule length.
@@ -20,7 +20,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `analysis` and `vb_sweep` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.findings import DEFAULT_NOISE, check_findings, render_findings  # noqa: E402
+from analysis.findings import (DEFAULT_NOISE, SEEDS, check_findings,  # noqa: E402
+                               render_findings)
 from analysis.tables import (FORMATS, load_trials, render_schedule_curve, report,  # noqa: E402
                              schedule_curve)
 from vb_sweep.commands.options import OneLineErrorParser  # noqa: E402
@@ -33,6 +34,10 @@ def fraction(text: str) -> float:
         return check_fraction("value", text)
     except ConfigError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number in [0, 1]") from None
+
+
+def noise_level(text: str) -> float | str:
+    return SEEDS if text == SEEDS else fraction(text)
 
 
 def positive_integer(text: str) -> int:
@@ -67,9 +72,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="instead of the table, each variant's BA / ASR against the schedule "
                              "length, with its BA minus the no-defense BA at that length (md or "
                              "csv)")
-    parser.add_argument("--noise", type=fraction, default=DEFAULT_NOISE, metavar="X",
+    parser.add_argument("--noise", type=noise_level, default=DEFAULT_NOISE, metavar="X",
                         help="with --findings: differences of one-seed cells within X count as "
-                             f"noise (default {DEFAULT_NOISE})")
+                             f"noise (default {DEFAULT_NOISE}); 'seeds': twice the pooled "
+                             "standard deviation of the cells run with several seeds")
     parser.add_argument("--epoch", choices=REPORTED_EPOCHS, default="last",
                         help="BA/ASR of the last epoch (default) or of the best-BA epoch, as the "
                              "paper's tables report")

@@ -10,6 +10,9 @@ judged on the cell means by a margin:
 - ``cannot judge``: a cell is missing, the attack did not take (nothing to remove), or the
   difference is inside the noise. The noise is ``noise`` (default 0.03, a fraction) for cells of
   one seed, and twice the larger standard deviation of the two cells when both have several.
+  With ``noise="seeds"`` the one-seed noise is measured instead: twice the pooled standard
+  deviation of the section's cells that have several seeds (BA's for BA claims, ASR's for ASR
+  claims), e.g. when only `none` and `vab` were run with several seeds.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from typing import Callable
 import pandas as pd
 
 from analysis.tables import SECTION_KEYS, ablation_grid, describe_section, split_sections
+from vb_sweep.errors import ConfigError
 
 HOLDS, FAILS, UNKNOWN = "holds", "fails", "cannot judge"
 DEFAULT_NOISE = 0.03
+SEEDS = "seeds"       # noise measured from the cells with several seeds
 TOOK = 0.5            # an attack "took" when its no-defense ASR reaches this
 SMALL_BA_COST = 0.05  # what "a small cost in BA" allows
 
@@ -123,17 +128,31 @@ def judge(claim: Claim, cells: dict[str, Cell], noise: float) -> tuple[str, str]
     return (HOLDS if margin > 0 else FAILS), f"{evidence}, margin {margin:+.2f}"
 
 
-def check_findings(trials: pd.DataFrame, noise: float = DEFAULT_NOISE, **filters) -> pd.DataFrame:
-    """One row per section, finding and attack: the verdict and the cells that decide it."""
+def seed_noise(section_grid: pd.DataFrame) -> dict[str, float]:
+    """Per metric, twice the pooled standard deviation over the cells with several seeds."""
+    several = section_grid[section_grid["n"] > 1]
+    if several.empty:
+        raise ConfigError("--noise", SEEDS, "a fraction, or seeds where some cells of every "
+                          "section have several seeds (this one has none)")
+    return {metric: 2 * math.sqrt((several[f"{metric}_std"] ** 2).mean())
+            for metric in ("ba", "asr")}
+
+
+def check_findings(trials: pd.DataFrame, noise: float | str = DEFAULT_NOISE,
+                   **filters) -> pd.DataFrame:
+    """One row per section, finding and attack: the verdict and the cells that decide it;
+    ``noise``: the one-seed noise, a fraction or ``SEEDS``."""
     grid = ablation_grid(trials, **filters)
     rows = []
     for section, section_grid in split_sections(grid):
         attacks = list(dict.fromkeys(section_grid["attack"]))
+        noises = seed_noise(section_grid) if noise == SEEDS else {"ba": noise, "asr": noise}
         for claim in CLAIMS:
             for attack in claim.attacks or attacks:
                 if attack not in attacks:
                     continue
-                verdict, evidence = judge(claim, _cells(section_grid, attack), noise)
+                verdict, evidence = judge(claim, _cells(section_grid, attack),
+                                          noises[claim.metric])
                 rows.append({**section, "finding": claim.finding, "attack": attack,
                              "verdict": verdict, "evidence": evidence})
     return pd.DataFrame(rows, columns=[*SECTION_KEYS, "finding", "attack", "verdict",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from analysis import ablation_table
 from analysis.findings import FAILS, HOLDS, UNKNOWN, check_findings
+from vb_sweep.errors import ConfigError
 from tests.test_analysis import trial_row, write_results
 
 # (defense -> (BA, ASR)) per attack: a grid where every finding of docs/method.md section 4 holds.
@@ -80,6 +82,28 @@ def test_several_seeds_set_the_noise_from_their_spread():
     assert verdicts(cells)[("SST restores BA", "blend")] == HOLDS
     spread = verdicts(cells, rows={"seeds": (0, 1, 2), "jitter": 0.05})
     assert spread[("SST restores BA", "blend")] == UNKNOWN  # std 0.05: noise 0.10
+
+
+def test_seeds_of_some_cells_set_the_noise_of_the_one_seed_cells():
+    """Only none and vab with three seeds (BA and ASR at x, x + 0.04, x - 0.04: std 0.04,
+    noise 0.08): a one-seed difference of 0.05 is then inside the noise, where 0.03 judged it."""
+    cells = {"blend": {**PAPER_LIKE["blend"], "F+AT+SST": (0.95, 0.30)}}  # BA +0.05 over F+AT
+    rows = grid_rows(cells)
+    rows += [trial_row(f"s{number}", "blend", defense, seed,
+                       ba=cells["blend"][defense][0] + (0.04 if seed == 1 else -0.04),
+                       asr=cells["blend"][defense][1] + (0.04 if seed == 1 else -0.04))
+             for number, (defense, seed) in enumerate(
+                 [(d, s) for d in ("none", "vab") for s in (1, 2)])]
+    frame = pd.DataFrame(rows)
+    fixed = check_findings(frame).set_index(["finding", "attack"])
+    measured = check_findings(frame, noise="seeds").set_index(["finding", "attack"])
+    key = ("SST restores BA", "blend")
+    assert fixed.loc[key, "verdict"] == HOLDS
+    assert measured.loc[key, "verdict"] == UNKNOWN
+    assert "inside the noise (0.08)" in measured.loc[key, "evidence"]
+    one_seed = pd.DataFrame(grid_rows(cells))
+    with pytest.raises(ConfigError, match="--noise"):
+        check_findings(one_seed, noise="seeds")
 
 
 def test_command_line_prints_the_findings(tmp_path, capsys):

@@ -37,6 +37,15 @@ def with_allowed(message: str) -> str:
     return message
 
 
+def run_command(parser: argparse.ArgumentParser, handler, argv: list[str] | None) -> int:
+    """Parse ``argv`` and return ``handler(args)``; a ConfigError is one line and status 2."""
+    args = parser.parse_args(argv)
+    try:
+        return handler(args)
+    except ConfigError as err:
+        return fail(parser.prog, err)
+
+
 def fail(prog: str, err: ConfigError) -> int:
     print(f"{prog}: error: {err}", file=sys.stderr, flush=True)
     return 2

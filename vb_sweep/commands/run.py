@@ -11,8 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vb_sweep.commands.options import OneLineErrorParser, fail
-from vb_sweep.errors import ConfigError
+from vb_sweep.commands.options import OneLineErrorParser, run_command
 
 PROG = "vb-sweep run"
 
@@ -147,11 +146,7 @@ def build_parser(prog: str = PROG) -> OneLineErrorParser:
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
-    args = build_parser(prog).parse_args(argv)
-    try:
-        return run(args)
-    except ConfigError as err:
-        return fail(prog, err)
+    return run_command(build_parser(prog), run, argv)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from vb_sweep.commands.options import OneLineErrorParser, fail
+from vb_sweep.commands.options import OneLineErrorParser, run_command
 from vb_sweep.errors import ConfigError
 
 PROG = "vb-sweep show-attacks"
@@ -73,11 +73,7 @@ def build_parser(prog: str = PROG) -> OneLineErrorParser:
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
-    args = build_parser(prog).parse_args(argv)
-    try:
-        return show_attacks(args)
-    except ConfigError as err:
-        return fail(prog, err)
+    return run_command(build_parser(prog), show_attacks, argv)
 
 
 if __name__ == "__main__":

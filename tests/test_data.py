@@ -136,7 +136,7 @@ def test_cifar10_too_many_per_class(tmp_path):
 
 
 def test_cifar10_missing_files_suggest_download(tmp_path):
-    with raises_config_error("data_root", "cifar-10-batches-py", "--download", "--data-root"):
+    with raises_config_error("data_root", "cifar-10-batches-py", "download=True", "--data-root"):
         load_dataset("cifar10", tmp_path / "nowhere")
 
 
@@ -224,7 +224,7 @@ def test_gtsrb_per_class(tmp_path):
 
 
 def test_gtsrb_missing_files(tmp_path):
-    with raises_config_error("data_root", "gtsrb_test_32x32.npz", "--download"):
+    with raises_config_error("data_root", "gtsrb_test_32x32.npz", "download=True"):
         load_dataset("gtsrb", tmp_path)
     make_fake_gtsrb(tmp_path / "gtsrb")
     (tmp_path / "gtsrb" / "gtsrb_test_32x32.npz").unlink()

@@ -10,7 +10,7 @@ examples:
     vb-sweep ablation --preset cpu --data-root data/cifar10 --attacks badnets \
         --defenses none F+AT vab --epochs 20 50 100 200
     vb-sweep ablation --preset paper --gpus 8 --trials-per-gpu 2
-    vb-sweep ablation --preset cpu --address HEAD:6379 --out /shared/abl --resume
+    vb-sweep ablation --preset cpu --address HEAD:6379 --out /nfs/abl --resume
 (``python experiments/ablation.py`` takes the same options.)
 
 Before any trial starts, every option and every cell's configuration is checked, and each
@@ -62,7 +62,7 @@ def build_parser(prog: str = PROG) -> OneLineErrorParser:
                       help="fractions in [0, 1]; default: each attack's rate (docs/method.md)")
     grid.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0")
     grid.add_argument("--t-f", nargs="+", type=float, default=None,
-                      help="filtering thresholds in [0, 1] (default 0.1)")
+                      help="filtering thresholds in [0, 1] (default 0.2)")
     grid.add_argument("--t-m", nargs="+", type=float, default=None,
                       help="mixing thresholds in [0, 1] (default: the preset's)")
     parser.add_argument("--report-epoch", choices=REPORTED_EPOCHS, default="last",

@@ -1,8 +1,8 @@
 """CIFAR-10 read straight from its python-pickle layout (``cifar-10-batches-py/``).
 
 The content is checked (dtype, shape, label range, every class present) instead of md5 sums:
-copies whose per-image 'filenames' strings differ from the official files (the shared data
-folder's, see its README) hold the real pixels and labels and must load.
+copies whose per-image 'filenames' strings differ from the official files (rebuilt from other
+sources, say) hold the real pixels and labels and must load.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ def load_cifar10(root: Path, *, download: bool = False, train_per_class: int | N
     if folder is None:
         if not download:
             raise ConfigError("data_root", str(root), f"{EXPECTED_LAYOUT}; none found there - "
-                              "pass --download to fetch CIFAR-10 into it, or point --data-root "
-                              "at a folder holding the files")
+                              "point --data-root at a folder holding the files (in Python, "
+                              "load_dataset('cifar10', ROOT, download=True) fetches them)")
         folder = download_cifar10(root)
     class_names = read_class_names(folder / META_FILE)
     return DatasetSplits(read_split(folder, TRAIN_FILES, class_names),

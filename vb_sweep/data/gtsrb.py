@@ -1,8 +1,8 @@
 """GTSRB (43 traffic-sign classes) at 32x32, from numpy ``.npz`` files.
 
 Each file holds ``x`` uint8 (N, 32, 32, 3) RGB, ``y`` int (N,) class ids 0..42 and optionally
-``class_names`` (43,). The training file is the full set when present, else the every-3rd-frame
-subset of the shared data folder. With ``download=True`` and no files, torchvision's GTSRB is
+``class_names`` (43,). The training file is the full set when present, else a subset of it (every
+3rd frame of each track, say). With ``download=True`` and no files, torchvision's GTSRB is
 downloaded, resized to 32x32 (bilinear, as the usual backdoor benchmarks do) and written in the
 same format, so later runs read the npz files.
 """
@@ -51,8 +51,8 @@ def load_gtsrb(root: Path, *, download: bool = False, train_per_class: int | Non
     if folder is None:
         if not download:
             raise ConfigError("data_root", str(root), f"{EXPECTED_LAYOUT}; none found there - "
-                              "pass --download to fetch GTSRB into it, or point --data-root at "
-                              "a folder holding the files")
+                              "point --data-root at a folder holding the files (in Python, "
+                              "load_dataset('gtsrb', ROOT, download=True) fetches them)")
         folder = download_gtsrb(root)
     train_file = next(folder / name for name in TRAIN_FILES if (folder / name).is_file())
     return DatasetSplits(read_npz(train_file, require_all_classes=True),

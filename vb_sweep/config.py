@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from vb_sweep.errors import ConfigError, check_choice, check_fraction, check_number
+from vb_sweep.variants import VariantFlags, variant_flags, variant_names
 
-DEFENSES = ("none", "F", "F+AT", "F+AT+SST", "F+AT+SST+S", "vab")
 AUGMENTS = ("attentionmix", "mixup", "cutmix", "attentive_cutmix")
 PRESETS = ("smoke", "cpu", "paper")
 ATTENTION_INTERPOLATIONS = ("bilinear", "nearest")
@@ -31,27 +31,6 @@ BATCHNORM_PASSES = ("authors", "joint")
 # generated data at this size already takes 1.8 GB of uint8 images.
 MAX_PER_CLASS = 60_000
 DEVICES = "auto | cpu | cuda | cuda:N"
-
-
-@dataclass(frozen=True)
-class VariantFlags:
-    """Which components of V&B a defense variant turns on (the paper's Table 4 rows)."""
-
-    filter: bool
-    mix: bool              # the mixing augmentation (AttentionMix or a baseline) on Dc
-    sst: bool              # semi-supervised training on Dc (labeled) + Ds (unlabeled)
-    suppress_unlabeled: bool
-    suppress_labeled: bool
-
-
-VARIANTS: dict[str, VariantFlags] = {
-    "none": VariantFlags(False, False, False, False, False),
-    "F": VariantFlags(True, False, False, False, False),
-    "F+AT": VariantFlags(True, True, False, False, False),
-    "F+AT+SST": VariantFlags(True, True, True, False, False),
-    "F+AT+SST+S": VariantFlags(True, True, True, True, False),
-    "vab": VariantFlags(True, True, True, True, True),
-}
 
 
 @dataclass
@@ -123,7 +102,7 @@ class TrialConfig:
     # ---------------------------------------------------------------------------------------
     @property
     def flags(self) -> VariantFlags:
-        return VARIANTS[self.defense]
+        return variant_flags(self.defense)
 
     @property
     def flip(self) -> bool:
@@ -178,7 +157,7 @@ class TrialConfig:
         check_choice("attack_preset", self.attack_preset, attack_cls.presets)
         if self.poison_rate is not None:
             check_fraction("poison_rate", self.poison_rate)
-        check_choice("defense", self.defense, DEFENSES)
+        check_choice("defense", self.defense, variant_names())
         check_choice("augment", self.augment, AUGMENTS)
         check_fraction("t_f", self.t_f)
         check_fraction("t_m", self.t_m)
@@ -354,3 +333,13 @@ def parse_overrides(assignments: list[str] | None) -> dict[str, Any]:
         except json.JSONDecodeError:
             overrides[name] = text
     return overrides
+
+
+def __getattr__(name: str):
+    """``DEFENSES`` (variant names in Table 4 order) and ``VARIANTS`` (name -> flags), read
+    from the registry when asked for, so they include every variant registered by then."""
+    if name == "DEFENSES":
+        return tuple(variant_names())
+    if name == "VARIANTS":
+        return {variant: variant_flags(variant) for variant in variant_names()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

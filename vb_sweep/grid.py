@@ -16,10 +16,11 @@ from typing import Any
 
 import pandas as pd
 
-from vb_sweep.config import (DEFENSES, TrialConfig, merge_overrides, parse_overrides,
-                             preset_config, schedule_for)
+from vb_sweep.config import (TrialConfig, merge_overrides, parse_overrides, preset_config,
+                             schedule_for)
 from vb_sweep.errors import ConfigError, check_choice, check_fraction, check_number
 from vb_sweep.results import EPOCH_LEGEND, at_reported_epoch
+from vb_sweep.variants import start_rank, variant_names
 
 MANIFEST = "sweep.json"
 GRID_MARKDOWN = "grid.md"
@@ -42,14 +43,6 @@ PRESET_DEFENSES: dict[str, tuple[str, ...] | None] = {
     "cpu": None,
     "paper": None,
 }
-# Trials start in this order of their variant, the longest first, so that a short one, not a
-# long one, is what runs alone at the end of a grid. With the mix stage shared, a mixing variant
-# only trains the epochs after it: on the cpu preset (BadNets, two trials at a time) F+AT+SST+S
-# and F+AT+SST took about 2,050 s, none about 2,000, vab 1,550, F+AT 1,320 and F 1,240. This
-# order ends a six-variant column about 6% sooner there than vab first and none last would
-# (worked out from those costs); at smoke scale the two differ by a few seconds.
-LONGEST_FIRST = ("F+AT+SST+S", "F+AT+SST", "none", "vab", "F+AT", "F")
-
 
 # -- options -> configurations --------------------------------------------------------------------
 @dataclass
@@ -74,14 +67,13 @@ class GridOptions:
 
 def default_defenses(preset: str) -> list[str]:
     names = PRESET_DEFENSES.get(preset)
-    return list(names) if names is not None else list(DEFENSES)
+    return list(names) if names is not None else variant_names()
 
 
 def longest_first(configs: list[TrialConfig]) -> list[TrialConfig]:
     """The configurations in the order to start them: the longest schedule first, then by
     variant (stable within a variant)."""
-    return sorted(configs, key=lambda config: (-config.epochs,
-                                               LONGEST_FIRST.index(config.defense)))
+    return sorted(configs, key=lambda config: (-config.epochs, start_rank(config.defense)))
 
 
 def default_attacks(preset: str) -> list[str]:
@@ -98,7 +90,7 @@ def check_axes(options: GridOptions) -> None:
     for name in options.attacks or []:
         check_choice("attack", name, ATTACKS.names())
     for name in options.defenses or []:
-        check_choice("defense variant", name, DEFENSES)
+        check_choice("defense variant", name, variant_names())
     for value in options.poison_rates or []:
         check_fraction("poison rate", value)
     for value in options.t_f or []:
@@ -250,7 +242,7 @@ def build_table_grid(configs: list[TrialConfig], trial_ids: list[str],
     tables = []
     for key, group in cells.groupby(list(AXES), dropna=False, sort=False):
         attacks = list(dict.fromkeys(group["attack"]))
-        variants = [v for v in DEFENSES if v in set(group["defense"])]
+        variants = [v for v in variant_names() if v in set(group["defense"])]
         done = group[group["status"] == "ok"]
         means = done.groupby(["defense", "attack"])[["ba", "asr"]].mean()
         frame = pd.DataFrame(

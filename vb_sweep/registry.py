@@ -1,9 +1,10 @@
-"""A name -> factory registry, so attacks, datasets, models and augmentations are looked up by
-the names used on every command line and in every table."""
+"""A name -> entry registry, so attacks, datasets, models, defense variants and augmentations
+are looked up by the names used on every command line and in every table."""
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+from contextlib import contextmanager
+from typing import Callable, Generic, Iterator, TypeVar
 
 from vb_sweep.errors import ConfigError
 
@@ -23,6 +24,15 @@ class Registry(Generic[T]):
             return entry
 
         return decorator
+
+    @contextmanager
+    def registered(self, name: str, entry: T) -> Iterator[T]:
+        """``entry`` under ``name`` inside a ``with`` block only (a test's extension)."""
+        self.register(name)(entry)
+        try:
+            yield entry
+        finally:
+            del self._entries[name]
 
     def get(self, name: str) -> T:
         if name not in self._entries:

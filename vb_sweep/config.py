@@ -16,7 +16,6 @@ from typing import Any
 from vb_sweep.errors import ConfigError, check_choice, check_fraction, check_number
 from vb_sweep.variants import VariantFlags, variant_flags, variant_names
 
-AUGMENTS = ("attentionmix", "mixup", "cutmix", "attentive_cutmix")
 PRESETS = ("smoke", "cpu", "paper")
 ATTENTION_INTERPOLATIONS = ("bilinear", "nearest")
 # How the Beneficiary's passes of a mixing step meet BatchNorm (docs/method.md section 9):
@@ -144,6 +143,7 @@ class TrialConfig:
         from vb_sweep.attacks import ATTACKS
         from vb_sweep.data import DATASETS
         from vb_sweep.data.registry import NUM_CLASSES
+        from vb_sweep.mixing import AUGMENTATIONS
         from vb_sweep.models import MODELS
 
         check_choice("preset", self.preset, PRESETS)
@@ -158,7 +158,7 @@ class TrialConfig:
         if self.poison_rate is not None:
             check_fraction("poison_rate", self.poison_rate)
         check_choice("defense", self.defense, variant_names())
-        check_choice("augment", self.augment, AUGMENTS)
+        check_choice("augment", self.augment, AUGMENTATIONS.names())
         check_fraction("t_f", self.t_f)
         check_fraction("t_m", self.t_m)
         check_fraction("entropy_smoothing", self.entropy_smoothing)
@@ -336,10 +336,15 @@ def parse_overrides(assignments: list[str] | None) -> dict[str, Any]:
 
 
 def __getattr__(name: str):
-    """``DEFENSES`` (variant names in Table 4 order) and ``VARIANTS`` (name -> flags), read
-    from the registry when asked for, so they include every variant registered by then."""
+    """``DEFENSES`` (variant names in Table 4 order), ``VARIANTS`` (name -> flags) and
+    ``AUGMENTS`` (augmentation names), read from their registries when asked for, so they
+    include every entry registered by then (and torch is imported only for ``AUGMENTS``)."""
     if name == "DEFENSES":
         return tuple(variant_names())
     if name == "VARIANTS":
         return {variant: variant_flags(variant) for variant in variant_names()}
+    if name == "AUGMENTS":
+        from vb_sweep.mixing import AUGMENTATIONS
+
+        return tuple(AUGMENTATIONS.names())
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

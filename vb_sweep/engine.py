@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from vb_sweep.augment import Normalizer, standard_augment
-from vb_sweep.mixing import ATTENTION_MIXERS, apply_mixer, attention_from_features
+from vb_sweep.mixing import AUGMENTATIONS, attention_from_features
 
 
 @dataclass
@@ -110,9 +110,11 @@ def mixed_views(model, images_uint8, targets, settings: StepSettings):
     """Two independently augmented views of each image, mixed by the configured mixer."""
     x = _inputs(images_uint8.repeat(2, 1, 1, 1), settings)  # both views in one batched op
     y = targets.repeat(2, 1)
+    augmentation = AUGMENTATIONS.get(settings.augment)
     attention = (attention_maps(model, list(x.chunk(2)), settings)
-                 if settings.augment in ATTENTION_MIXERS else None)
-    return apply_mixer(settings.augment, x, y, attention, settings.t_m, settings.interpolation)
+                 if augmentation.needs_attention else None)
+    return augmentation.mix(x, y, attention, t_m=settings.t_m,
+                            interpolation=settings.interpolation)
 
 
 def mix_epoch(model, optimizer, images, labels, indices, num_classes,

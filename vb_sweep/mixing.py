@@ -3,15 +3,20 @@
 Every mixer takes a float batch ``images`` (B, C, H, W), soft ``targets`` (B, K) and, for the
 attention-based ones, the attention maps ``attention`` (B, h, w) that the Beneficiary computed
 without gradients; it returns the mixed images and mixed soft targets. The partner of image i is
-``perm[i]`` for a random permutation of the batch.
+``perm[i]`` for a random permutation of the batch. Each is registered in ``AUGMENTATIONS``
+under its ``--augment`` name.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from vb_sweep.errors import check_choice
+from vb_sweep.registry import Registry
 
 EPS = 1e-8
 
@@ -104,17 +109,30 @@ def attentive_cutmix(images, targets, attention, perm=None, cells: int = 6):
     return mixed, (1 - pasted) * targets + pasted * targets[perm]
 
 
-ATTENTION_MIXERS = {"attentionmix", "attentive_cutmix"}
+@dataclass(frozen=True)
+class Augmentation:
+    """A mixing augmentation under its command-line name. ``mix(images, targets, attention,
+    t_m=..., interpolation=...)`` returns the mixed images and targets; ``attention`` is the
+    Beneficiary's attention maps when ``needs_attention``, None otherwise."""
+
+    name: str
+    needs_attention: bool
+    mix: Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
-def apply_mixer(name: str, images, targets, attention, t_m: float, interpolation: str):
-    """Dispatch by the augmentation's command-line name."""
-    if name == "attentionmix":
-        return attention_mix(images, targets, attention, t_m, interpolation)
-    if name == "attentive_cutmix":
-        return attentive_cutmix(images, targets, attention)
-    if name == "mixup":
-        return mixup(images, targets)
-    if name == "cutmix":
-        return cutmix(images, targets)
-    raise ValueError(f"unknown augmentation {name!r}")
+AUGMENTATIONS = Registry[Augmentation]("augment")
+
+
+def register_augmentation(augmentation: Augmentation) -> Augmentation:
+    return AUGMENTATIONS.register(augmentation.name)(augmentation)
+
+
+# AttentionMix first: the tables compare the others with the first. x: images, y: targets.
+register_augmentation(Augmentation("attentionmix", needs_attention=True, mix=attention_mix))
+register_augmentation(Augmentation("mixup", needs_attention=False,
+                                   mix=lambda x, y, attention, **_: mixup(x, y)))
+register_augmentation(Augmentation("cutmix", needs_attention=False,
+                                   mix=lambda x, y, attention, **_: cutmix(x, y)))
+register_augmentation(Augmentation("attentive_cutmix", needs_attention=True,
+                                   mix=lambda x, y, attention, **_:
+                                   attentive_cutmix(x, y, attention)))

@@ -1,4 +1,5 @@
-"""Trial configuration: every constant of docs/method.md is a field here, presets fill them in.
+"""Trial configuration: every constant of docs/method.md is a field here, presets fill them in
+(their values: vb_sweep/presets.py).
 
 A ``TrialConfig`` is a flat dataclass of JSON-able values, so it is at once the Ray Tune param
 space entry, the MLflow params of a trial and the descriptive columns of its Parquet row.
@@ -14,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from vb_sweep.errors import ConfigError, check_choice, check_fraction, check_number
+from vb_sweep.presets import PRESETS, RUN_PRESETS, scaled_schedule
 from vb_sweep.variants import VariantFlags, variant_flags, variant_names
 
-PRESETS = ("smoke", "cpu", "paper")
 ATTENTION_INTERPOLATIONS = ("bilinear", "nearest")
 # How the Beneficiary's passes of a mixing step meet BatchNorm (docs/method.md section 9):
 # - "authors": as the authors' code runs them. The no-grad passes (the attention on the clean
@@ -227,22 +228,6 @@ def check_device_present(device: str) -> None:
                                                             else ""))
 
 
-def scaled_schedule(epochs: int) -> dict[str, Any]:
-    """The docs/method.md schedule (200 epochs) scaled to ``epochs``, keeping the stage proportions:
-    LR milestones at 1/4, 1/2, 3/4, the mix stage in the first half, lambda_u's switch at 3/4.
-    The Victim's re-split period is not scaled: it stays ``resplit_every`` (the authors' every
-    5th mix epoch) at any length. Scaled, it would round to 1 below 60 epochs, a re-split after
-    every epoch (on the cpu preset's BadNets that changes nothing the filter decides and costs 8
-    more Victim epochs; see the cpu preset)."""
-    quarter = max(1, round(epochs / 4))
-    return {
-        "epochs": epochs,
-        "mix_epochs": epochs // 2,
-        "lr_milestones": (quarter, epochs // 2, epochs - quarter),
-        "lambda_u_switch": epochs - quarter,
-    }
-
-
 def schedule_for(epochs: int | None, overrides: dict[str, Any]) -> dict[str, Any]:
     """The fields that ``--epochs N`` sets (the schedule scaled to N; none without it). With
     ``--set epochs=M`` too the two would disagree on the length, so that is refused."""
@@ -255,54 +240,10 @@ def schedule_for(epochs: int | None, overrides: dict[str, Any]) -> dict[str, Any
     return scaled_schedule(epochs)
 
 
-PRESET_VALUES: dict[str, dict[str, Any]] = {
-    # Generated data and the tiny network: about a minute per V&B trial on one CPU core.
-    # - 5,000 training images: the Victim's split after warm-up has precision and recall 1.00
-    #   for BadNets. With 2,500 it still splits (F: ASR 0.01), but BA falls to 0.88.
-    # - 16 epochs, the lr dropping at 1/2, 3/4 and 7/8 (not 1/4, 1/2, 3/4): the mix stage keeps
-    #   the full lr, which AttentionMix needs to take at all in 8 epochs. 12 were enough for
-    #   objects at full opacity; at the generated data's half opacity they leave BA at 0.91
-    #   (BadNets, no defense; 0.96 after 16) and Blend's ASR at 0.83 (0.97 after 16).
-    # - t_m 0.5 (the method's default is 0.1): the tiny network's attention comes from an 8x8
-    #   map, so at 0.1 the mask covers about half of each image, and the Beneficiary, which then
-    #   learns from two half-blended objects, stays under-trained at this length (BadNets vab
-    #   BA 0.79 against 0.99 without defense; Blend vab 0.75, an earlier engine collapsed it).
-    #   At 0.5 BadNets vab is 0.934 / 0.000 against 0.988 / 0.969 without defense; at 0.7 F+AT
-    #   keeps 0.99 (BadNets) and 0.98 (Blend) but no longer touches Blend (ASR 0.97).
-    # - The Victim re-splits every 5th epoch of the mix stage, the authors' period (scaled to 16
-    #   epochs it would round to 1, a re-split after each of the 8 mix epochs).
-    #   Seed 0, BadNets vab: 0.936 / 0.000 with it, 0.934 / 0.000 with a re-split every epoch;
-    #   the preparation (poisoned set, Victim, mix stage) takes about 100 s instead of 123 on
-    #   2 AVX2 cores.
-    "smoke": {"dataset": "synthetic", "model": "tiny_cnn", "test_per_class": 50,
-              "batch_size": 64, "victim_batch_size": 32, "eval_batch_size": 512, "t_m": 0.5,
-              **scaled_schedule(16), "lr_milestones": (8, 12, 14)},
-    # A CIFAR-10 subset big enough for the Victim to learn the trigger in one epoch
-    # (docs/method.md section 8: ~20,000 images) and a small network, for the Victim too (the
-    # authors' ResNet-18 Victim trains 23x fewer images per second on one AVX2 core).
-    # - The Victim re-splits every 5th epoch of the mix stage, the authors' ratio (scaled to 20
-    #   epochs it would round to 1): 14 Victim epochs instead of 22, its trajectory 864 s
-    #   instead of 1,265 (2 AVX2 cores, beside other trials). BadNets, seed 0, last epoch:
-    #   F+AT 0.628 / 0.081 with either period, epoch for epoch (the filter's precision and
-    #   recall are 1.00 at every split, so the credible set never changes); vab 0.619 / 0.022
-    #   against 0.618 / 0.021 (SST reads the Victim's softmax, which differs).
-    # - 20 epochs are short for AttentionMix: BadNets F+AT 0.628 against F 0.757 and none 0.756;
-    #   the Beneficiary is at 0.625 after the 10 mix epochs and barely moves after.
-    # - 40 epochs (--epochs 40, twice the cost) narrow the gap without closing it: none 0.803 /
-    #   0.993; the Beneficiary 0.703 / 0.063 after the 20 mix epochs (none 0.789 there); vab
-    #   0.708 / 0.024 (0.727 / 0.025 at epoch 25), 9.5 points of BA below none. So 20.
-    "cpu": {"dataset": "cifar10", "model": "small_cnn", "train_per_class": 2000,
-            "test_per_class": 500, **scaled_schedule(20)},
-    # Full CIFAR-10, ResNet-18, the full schedule.
-    "paper": {"dataset": "cifar10", "model": "resnet18", "victim_model": "resnet18",
-              **scaled_schedule(200)},
-}
-
-
 def preset_config(preset: str, **overrides) -> TrialConfig:
     """The preset's values under any user overrides (None overrides are ignored)."""
     check_choice("preset", preset, PRESETS)
-    values = {"preset": preset, **PRESET_VALUES[preset]}
+    values = {"preset": preset, **RUN_PRESETS[preset].values}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrialConfig.from_dict(values)
 

@@ -19,6 +19,7 @@ import pandas as pd
 from vb_sweep.config import (TrialConfig, merge_overrides, parse_overrides, preset_config,
                              schedule_for)
 from vb_sweep.errors import ConfigError, check_choice, check_fraction, check_number
+from vb_sweep.presets import PRESETS, RUN_PRESETS
 from vb_sweep.results import EPOCH_LEGEND, at_reported_epoch
 from vb_sweep.variants import start_rank, variant_names
 
@@ -26,23 +27,6 @@ MANIFEST = "sweep.json"
 GRID_MARKDOWN = "grid.md"
 GRID_CSV = "grid.csv"
 
-# Attacks and defense variants of an ablation when --attacks / --defenses are not given; None:
-# all of them. The smoke grid is the first run on a new machine, so it is the least that shows
-# what the defense does: BadNets with no defense and V&B (its Victim's filter sets every
-# poisoned image aside, printed with the trial; the backdoor is gone and BA within a few points
-# of no defense): 4.4 minutes on a 2-core AVX2 CPU in float32, where adding filtering alone
-# (`--defenses none F vab`) made it about 6 and the six variants (`--defenses none F F+AT
-# F+AT+SST F+AT+SST+S vab`) 8.4. `--attacks badnets blend` adds an attack.
-PRESET_ATTACKS: dict[str, tuple[str, ...] | None] = {
-    "smoke": ("badnets",),
-    "cpu": ("badnets", "blend"),
-    "paper": None,
-}
-PRESET_DEFENSES: dict[str, tuple[str, ...] | None] = {
-    "smoke": ("none", "vab"),
-    "cpu": None,
-    "paper": None,
-}
 
 # -- options -> configurations --------------------------------------------------------------------
 @dataclass
@@ -66,7 +50,7 @@ class GridOptions:
 
 
 def default_defenses(preset: str) -> list[str]:
-    names = PRESET_DEFENSES.get(preset)
+    names = RUN_PRESETS[preset].defenses
     return list(names) if names is not None else variant_names()
 
 
@@ -79,7 +63,7 @@ def longest_first(configs: list[TrialConfig]) -> list[TrialConfig]:
 def default_attacks(preset: str) -> list[str]:
     from vb_sweep.attacks import ATTACKS
 
-    names = PRESET_ATTACKS.get(preset)
+    names = RUN_PRESETS[preset].attacks
     return list(names) if names is not None else ATTACKS.names()
 
 
@@ -108,7 +92,7 @@ def check_axes(options: GridOptions) -> None:
 
 def build_grid(options: GridOptions) -> list[TrialConfig]:
     """Every cell of the grid as a validated ``TrialConfig`` (raises ``ConfigError``)."""
-    check_choice("preset", options.preset, ("smoke", "cpu", "paper"))
+    check_choice("preset", options.preset, PRESETS)
     check_axes(options)
     overrides = parse_overrides(options.overrides)
     axes = itertools.product(

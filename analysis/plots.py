@@ -43,8 +43,14 @@ from vb_sweep.figures import draw_training_curves  # noqa: E402
 from vb_sweep.results import at_reported_epoch, read_history, read_trials  # noqa: E402
 
 DPI = 150
-VARIANT_COLORS = dict(zip(DEFENSES, ("#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd",
-                                     "#d62728")))
+# One colour per variant in Table 4 order (none grey, vab red), then more for added variants.
+PALETTE = ("#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#d62728", "#8c564b",
+           "#e377c2", "#bcbd22", "#17becf")
+
+
+def variant_color(variant: str) -> str:
+    names = list(DEFENSES)
+    return PALETTE[(names.index(variant) if variant in names else len(names)) % len(PALETTE)]
 Note = Callable[[str], None]
 
 
@@ -306,7 +312,7 @@ def variant_bars_figure(section_grid: pd.DataFrame, title: str = "") -> Figure |
             means = [100 * by_attack[f"{metric}_mean"].get(a, np.nan) for a in attacks]
             stds = [100 * by_attack[f"{metric}_std"].get(a, np.nan) for a in attacks]
             bars = ax.bar(x, means, width, yerr=np.nan_to_num(stds), capsize=2, label=variant,
-                          color=VARIANT_COLORS.get(variant))
+                          color=variant_color(variant))
             # The value over each bar: a 0% ASR has no bar to see.
             ax.bar_label(bars, labels=["" if np.isnan(m) else f"{m:.0f}" for m in means],
                          fontsize=6, padding=1)
@@ -338,7 +344,7 @@ def schedule_curve_figure(last: pd.DataFrame, best: pd.DataFrame | None = None,
             continue
         for variant in [d for d in DEFENSES if d in set(curve["defense"])]:
             rows = curve[curve["defense"] == variant].sort_values("epochs")
-            color = VARIANT_COLORS.get(variant)
+            color = variant_color(variant)
             if variant != "none":
                 gap_ax.plot(rows["epochs"], 100 * rows["ba_vs_none"], style, marker="o",
                             color=color, label=f"{variant} ({which})")

@@ -42,6 +42,7 @@ SWEEP_CASES = [
     (["--set", "device=tpu"], "device"),
     (["--set", "device=cuda"], "device"),
     (["--set", "seed=-1"], "seed"),
+    (["--set", "seed=99999999999999999999999"], "seed"),
     (["--set", "target=10"], "target"),
     (["--set", "batchnorm_passes=eval"], "batchnorm_passes"),
     (["--set", "min_unlabeled_batch=0"], "min_unlabeled_batch"),
@@ -71,6 +72,7 @@ ABLATION_CASES = [
     (["--poison-rates", "lots"], "--poison-rates"),
     (["--seeds", "0", "0"], "--seeds"),
     (["--seeds", "-3"], "seed"),
+    (["--seeds", "0", "4294967296"], "seed"),
     (["--t-f", "1.5"], "t_f"),
     (["--t-m", "-0.1"], "t_m"),
     (["--report-epoch", "middle"], "--report-epoch"),
@@ -91,6 +93,7 @@ SEARCH_CASES = [
     (["--storage", "sqlite://"], "--storage"),
     (["--storage", "postgresql://user:secret@127.0.0.1:1/db"], "--storage"),
     (["--sampler-seed", "x"], "allowed: an integer"),
+    (["--sampler-seed", "99999999999999999999999"], "--sampler-seed"),
 ]
 RUN_CASES = [
     (["--attack", "nope"], "attack"),
@@ -103,6 +106,7 @@ RUN_CASES = [
     (["--t-f", "-0.1"], "t_f"),
     (["--epochs", "0"], "epochs"),
     (["--epochs", "2", "--set", "epochs=3"], "--set epochs"),
+    (["--seed", "99999999999999999999999"], "seed"),
     (["--threads", "0"], "--threads"),
     (["--device", "tpu"], "device"),
     (["--device", "cuda"], "device"),

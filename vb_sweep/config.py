@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from vb_sweep.errors import ConfigError, check_choice, check_fraction, check_number
+from vb_sweep.errors import MAX_SEED, ConfigError, check_choice, check_fraction, check_number
 from vb_sweep.presets import PRESETS, RUN_PRESETS, scaled_schedule
 from vb_sweep.variants import VariantFlags, variant_flags, variant_names
 
@@ -168,7 +168,7 @@ class TrialConfig:
         check_choice("batchnorm_passes", self.batchnorm_passes, BATCHNORM_PASSES)
         for name in ("amp", "share_mix_stage", "batchnorm_diagnostic"):
             check_choice(name, getattr(self, name), (True, False))
-        check_number("seed", self.seed, integer=True, minimum=0)
+        check_number("seed", self.seed, integer=True, minimum=0, maximum=MAX_SEED)
         check_number("target", self.target, integer=True, minimum=0,
                      maximum=NUM_CLASSES[self.dataset] - 1)
         for name in ("epochs", "batch_size", "victim_batch_size", "warm_up", "resplit_every",

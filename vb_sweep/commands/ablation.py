@@ -34,11 +34,11 @@ import sys
 from vb_sweep.attacks import ATTACKS
 from vb_sweep.commands.options import (OneLineErrorParser, add_sweep_options, data_root, fail,
                                        interrupted, session_options)
-from vb_sweep.config import DEFENSES
+from vb_sweep.config import DEFENSES, PRESETS
 from vb_sweep.data.registry import DATASETS
 from vb_sweep.errors import ConfigError
-from vb_sweep.grid import (GridOptions, build_grid, build_table_grid, longest_first,
-                           write_grid_files)
+from vb_sweep.grid import (GridOptions, build_grid, build_table_grid, default_attacks,
+                           default_defenses, longest_first, write_grid_files)
 from vb_sweep.results import REPORTED_EPOCHS, read_trials
 from vb_sweep.sweep import SweepSession, grid_param_space
 
@@ -51,11 +51,11 @@ def build_parser(prog: str = PROG) -> OneLineErrorParser:
     add_sweep_options(parser, epochs_axis=True)
     grid = parser.add_argument_group("the grid (space-separated values)")
     grid.add_argument("--attacks", nargs="+", default=None,
-                      help=f"{' '.join(ATTACKS.names())}; default: the preset's (smoke: "
-                           "badnets; cpu: badnets blend; paper: all)")
+                      help=f"{' '.join(ATTACKS.names())}; default: the preset's "
+                           f"({preset_defaults(default_attacks)})")
     grid.add_argument("--defenses", nargs="+", default=None,
-                      help=f"{' '.join(DEFENSES)}; default: the preset's (smoke: none vab; "
-                           "cpu, paper: all six)")
+                      help=f"{' '.join(DEFENSES)}; default: the preset's "
+                           f"({preset_defaults(default_defenses)})")
     grid.add_argument("--datasets", nargs="+", default=None,
                       help=f"{' '.join(DATASETS.names())}; default: the preset's")
     grid.add_argument("--poison-rates", nargs="+", type=float, default=None,
@@ -69,6 +69,11 @@ def build_parser(prog: str = PROG) -> OneLineErrorParser:
                         help="the grid's BA/ASR: last (the trial's last epoch, default) or best "
                              "(the best-BA epoch and its ASR, what the paper's tables report)")
     return parser
+
+
+def preset_defaults(defaults) -> str:
+    """``smoke: badnets; cpu: ...``: what each preset's grid runs on an axis left unset."""
+    return "; ".join(f"{preset}: {' '.join(defaults(preset))}" for preset in PRESETS)
 
 
 def grid_options(args) -> GridOptions:

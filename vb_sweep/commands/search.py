@@ -27,7 +27,8 @@ from vb_sweep.commands.options import (OneLineErrorParser, add_sweep_options, da
                                        interrupted, session_options)
 from vb_sweep.config import (DEFENSES, merge_overrides, parse_overrides, preset_config,
                              schedule_for)
-from vb_sweep.errors import ConfigError, check_folder, check_fraction, first_line
+from vb_sweep.errors import (MAX_SEED, ConfigError, check_folder, check_fraction, check_number,
+                             first_line)
 from vb_sweep.sweep import SweepSession
 from vb_sweep.tracking import redact_url
 
@@ -87,6 +88,7 @@ def check_search_options(args) -> dict[str, tuple[float, float]]:
         check_fraction(f"{name} range high", high)
         if not low < high:
             raise ConfigError(f"--{name.replace('_', '-')}-range", [low, high], "LOW < HIGH")
+    check_number("--sampler-seed", args.sampler_seed, integer=True, minimum=0, maximum=MAX_SEED)
     if args.n_trials < 1:
         raise ConfigError("--n-trials", args.n_trials, "an integer >= 1")
     if args.concurrency is not None and args.concurrency < 1:

@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from analysis import ablation_table, plots, tables  # noqa: E402
+from vb_sweep.analysis import ablation_table, plots, tables  # noqa: E402
 from conftest import run_notebook  # noqa: E402
 from vb_sweep.config import DEFENSES  # noqa: E402
 from vb_sweep.errors import ConfigError  # noqa: E402

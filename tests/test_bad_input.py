@@ -20,7 +20,7 @@ from vb_sweep import cli
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from analysis import ablation_table, plots  # noqa: E402
+from vb_sweep.analysis import ablation_table, plots  # noqa: E402
 
 # (arguments, a word the one line must hold) for both sweep commands.
 SWEEP_CASES = [

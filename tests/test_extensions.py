@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import vb_sweep.config as config_module
-from analysis.findings import CLAIMS
+from vb_sweep.analysis.findings import CLAIMS
 from test_trial import TINY
 from vb_sweep.attacks import ATTACKS, Attack
 from vb_sweep.cache import ArtifactCache

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from analysis import ablation_table
-from analysis.findings import FAILS, HOLDS, UNKNOWN, check_findings
+from vb_sweep.analysis import ablation_table
+from vb_sweep.analysis.findings import FAILS, HOLDS, UNKNOWN, check_findings
 from vb_sweep.errors import ConfigError
 from tests.test_analysis import trial_row, write_results
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from analysis import plots, tables
+from vb_sweep.analysis import plots, tables
 from conftest import BIN, TINY, run_notebook
 from vb_sweep.grid import manifest_for, write_manifest
 

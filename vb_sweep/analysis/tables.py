@@ -224,9 +224,9 @@ def _matching(rows: pd.DataFrame, values: dict) -> pd.DataFrame:
     return rows[mask]
 
 
-def build_grid(trials: pd.DataFrame, row_keys: list[str], row_values: list[tuple],
-               baseline: pd.DataFrame | None = None, augment: str | None = None,
-               **filters) -> pd.DataFrame:
+def cell_grid(trials: pd.DataFrame, row_keys: list[str], row_values: list[tuple],
+              baseline: pd.DataFrame | None = None, augment: str | None = None,
+              **filters) -> pd.DataFrame:
     """Cells for every section x row x attack present in the (filtered) trials; DER against the
     no-defense runs in ``baseline`` (default: ``trials``); ``augment`` keeps, of the variants that
     mix, only the runs with that augmentation."""
@@ -255,8 +255,8 @@ def ablation_grid(trials: pd.DataFrame, *, augment: str = "attentionmix",
     ``augment`` as the mixing augmentation of the variants that mix; ``filters``: a value for
     any of SECTION_KEYS keeps only its rows (None: all)."""
     defenses = list(DEFENSES) + sorted(set(trials["defense"].dropna()) - set(DEFENSES))
-    return build_grid(trials, ["defense"], [(d,) for d in defenses], augment=augment,
-                      **section_filters(filters))
+    return cell_grid(trials, ["defense"], [(d,) for d in defenses], augment=augment,
+                     **section_filters(filters))
 
 
 def section_filters(filters: dict) -> dict:
@@ -275,11 +275,11 @@ def augment_grid(trials: pd.DataFrame, **filters) -> pd.DataFrame:
                       & trials["augment"].notna()]
     defenses = [d for d in DEFENSES if d in set(compared["defense"])]
     if not defenses:
-        return build_grid(trials.iloc[:0], ["defense", "augment"], [])
+        return cell_grid(trials.iloc[:0], ["defense", "augment"], [])
     augments = list(AUGMENTS) + sorted(set(compared["augment"]) - set(AUGMENTS))
-    return build_grid(trials[trials["defense"].isin(defenses)], ["defense", "augment"],
-                      [(d, a) for d in defenses for a in augments], baseline=trials,
-                      **section_filters(filters))
+    return cell_grid(trials[trials["defense"].isin(defenses)], ["defense", "augment"],
+                     [(d, a) for d in defenses for a in augments], baseline=trials,
+                     **section_filters(filters))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Callable
 
 import pandas as pd
 
-from analysis.tables import SECTION_KEYS, ablation_grid, describe_section, split_sections
+from vb_sweep.analysis.tables import SECTION_KEYS, ablation_grid, describe_section, split_sections
 from vb_sweep.errors import ConfigError
 
 HOLDS, FAILS, UNKNOWN = "holds", "fails", "cannot judge"

@@ -1,1 +1,0 @@
-"""Parquet results -> tables (``analysis.tables``) and figures (``analysis.plots``)."""

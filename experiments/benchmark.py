@@ -35,7 +35,7 @@ from vb_sweep.artifacts import load_trial_data  # noqa: E402
 from vb_sweep.config import parse_overrides, preset_config  # noqa: E402
 from vb_sweep.device import (autocast_dtype, precision_name, resolve_device,  # noqa: E402
                              retain_freed_memory)
-from vb_sweep.throughput import stage_figures  # noqa: E402
+from experiments.throughput import stage_figures  # noqa: E402
 
 
 def print_stage_figures(figures: dict) -> float:

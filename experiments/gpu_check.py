@@ -40,7 +40,7 @@ from vb_sweep.artifacts import load_trial_data  # noqa: E402
 from vb_sweep.cache import ArtifactCache  # noqa: E402
 from vb_sweep.config import preset_config, scaled_schedule  # noqa: E402
 from vb_sweep.device import autocast_dtype, precision_name  # noqa: E402
-from vb_sweep.throughput import EVAL, STEP, BareModel, stage_figures, timed  # noqa: E402
+from experiments.throughput import EVAL, STEP, BareModel, stage_figures, timed  # noqa: E402
 from vb_sweep.trial import run_trial  # noqa: E402
 from vb_sweep.victim import updates_after_epochs  # noqa: E402
 

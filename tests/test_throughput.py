@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from vb_sweep.throughput import BATCH_STATS, EVAL, STEP, BareModel
+from experiments.throughput import BATCH_STATS, EVAL, STEP, BareModel
 
 
 class Pause(nn.Module):

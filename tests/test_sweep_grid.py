@@ -51,9 +51,10 @@ def test_a_table_per_schedule_length(tmp_path):
     for config, trial_id in zip(configs, ids):
         write_trial(tmp_path, finished_row(config, trial_id, config.epochs / 10, 0.5), [])
     grid = build_table_grid(configs, ids, read_trials(tmp_path))
-    assert [table.axes["epochs"] for table in grid.tables] == [4, 8]
-    assert [table.frame.loc["vab", ("badnets", "BA")] for table in grid.tables] == [0.4, 0.8]
-    assert "t_m 0.5, 8 epochs (BA / ASR" in grid.markdown()
+    vab = grid.frame[grid.frame["defense"] == "vab"]
+    assert list(vab["epochs"]) == [4, 8] and list(vab["ba_mean"]) == [0.4, 0.8]
+    assert grid.markdown().count("### dataset synthetic") == 2
+    assert "t_m 0.5, 8 epochs\n" in grid.markdown()
     assert list(grid.csv_frame()["epochs"]) == [4, 4, 8, 8]
 
 
@@ -156,9 +157,13 @@ def test_an_output_folder_holds_one_sweep(tmp_path):
 
 # -- the table ------------------------------------------------------------------------------------
 def finished_row(config, trial_id: str, ba: float, asr: float) -> dict:
-    return {"sweep": "t", "trial_id": trial_id, "attack": config.attack,
-            "defense": config.defense, "seed": config.seed, "status": "ok", "ba": ba,
-            "asr": asr}
+    from vb_sweep.attacks.registry import resolved_poison_rate
+
+    described = ("dataset", "model", "attack", "attack_preset", "target", "defense", "augment",
+                 "t_f", "t_m", "seed", "preset", "epochs")
+    return {"sweep": "t", "trial_id": trial_id, **{k: getattr(config, k) for k in described},
+            "poison_rate": resolved_poison_rate(config.attack, config.poison_rate),
+            "status": "ok", "ba": ba, "asr": asr}
 
 
 def test_table_has_variants_in_paper_order_and_names_missing_cells(tmp_path):
@@ -175,24 +180,30 @@ def test_table_has_variants_in_paper_order_and_names_missing_cells(tmp_path):
         write_trial(tmp_path, finished_row(config, trial_id, 0.9 - 0.1 * config.seed,
                                            0.5 if config.defense == "none" else 0.02), [])
     grid = build_table_grid(configs, ids, read_trials(tmp_path))
-    (table,) = grid.tables
-    assert list(table.frame.index) == ["none", "F", "vab"]
-    assert table.attacks == ["blend", "badnets"]
-    assert table.frame.loc["none", ("blend", "BA")] == pytest.approx(0.85)  # mean of 2 seeds
-    assert pd.isna(table.frame.loc["F", ("badnets", "ASR")])
+    frame = grid.frame.set_index(["defense", "attack"])
+    assert list(dict.fromkeys(grid.frame["defense"])) == ["none", "F", "vab"]
+    assert list(dict.fromkeys(grid.frame["attack"])) == ["badnets", "blend"]  # paper order
+    assert frame.loc[("none", "blend"), "ba_mean"] == pytest.approx(0.85)  # mean of 2 seeds
+    assert frame.loc[("none", "blend"), "n"] == 2
+    assert (frame.loc[("F", "badnets"), "n"], frame.loc[("F", "badnets"), "failed"]) == (0, 1)
     assert len(grid.missing) == 2
     assert any("failed: RuntimeError: boom" in line for line in grid.missing)
     assert any("not finished" in line for line in grid.missing)
     markdown, csv = write_grid_files(tmp_path, grid)
     text = markdown.read_text()
-    assert "| none | 85.0 | 50.0 | 85.0 | 50.0 |" in text and "—" in text
+    # The analysis scripts' table: mean ± std over seeds, DER against no defense
+    assert "| none | 85.0 ± 7.1 (n=2) | 50.0 ± 0.0 | — | 85.0 ± 7.1 (n=2) |" in text
+    assert "| F | failed | failed | failed |" in text
+    assert "### dataset synthetic, poison rate 10%, preset smoke, target 0, t_f 0.2, t_m 0.5, " \
+           "16 epochs" in text
+    assert "Missing cells:" in text
     frame = pd.read_csv(csv)
-    assert list(frame["defense"]) == ["none", "F", "vab"]
-    assert {"dataset", "t_f", "t_m", "blend_ba", "badnets_asr"} <= set(frame.columns)
-    # One wording with analysis/ablation_table.py; the attacks' default rate written out.
-    assert "### dataset synthetic, poison rate 10%, t_f 0.2, t_m 0.5, 16 epochs" in text
-    assert "| defense | blend BA |" in text
-    assert list(frame["poison_rate"]) == [0.1] * 3
+    assert set(frame["defense"]) == {"none", "F", "vab"} and len(frame) == 6
+    assert {"dataset", "t_f", "t_m", "epochs", "ba_mean", "asr_mean", "der_mean"} \
+        <= set(frame.columns)
+    assert list(frame["poison_rate"]) == [0.1] * 6
+    cells = {(c["attack"], c["defense"]): c for c in grid.cells()}
+    assert cells[("blend", "vab")]["der"] == pytest.approx((0.5 - 0.02 + 1) / 2)
 
 
 # -- resources ------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The ablation grid: from command-line options to validated trial configurations, the output
-folder's manifest, and the Table 4-style table built from the ``trials`` rows.
+folder's manifest, and the sweep's Table 4 (the analysis tables over its own ``trials`` rows).
 
 Nothing here touches Ray or MLflow, so a grid can be built, checked and rendered anywhere.
 """
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +19,7 @@ from vb_sweep.config import (TrialConfig, merge_overrides, parse_overrides, pres
                              schedule_for)
 from vb_sweep.errors import ConfigError, check_choice, check_fraction, check_number
 from vb_sweep.presets import PRESETS, RUN_PRESETS
-from vb_sweep.results import EPOCH_LEGEND, at_reported_epoch
+from vb_sweep.results import at_reported_epoch
 from vb_sweep.variants import start_rank, variant_names
 
 MANIFEST = "sweep.json"
@@ -151,106 +150,53 @@ def write_manifest(out: Path, manifest: dict) -> None:
         path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-# -- the Table 4-style grid -----------------------------------------------------------------------
-@dataclass
-class GridTable:
-    title: str
-    axes: dict                     # dataset, poison_rate, t_f, t_m of this table
-    attacks: list[str]
-    frame: pd.DataFrame            # index: variant; columns: (attack, "BA" | "ASR"); fractions
-    seeds: int
-    epoch: str = "last"            # the reported epoch (results.REPORTED_EPOCHS)
-
-
+# -- the Table 4-style grid ---------------------------------------------------------------------
 @dataclass
 class Grid:
-    tables: list[GridTable]
-    missing: list[str]             # one line per cell without a finished trial, with the reason
+    """A sweep's Table 4, built and rendered by the analysis tables (``vb_sweep.analysis``)
+    from its own trials' rows: ``frame`` has one row per section, variant and attack (BA, ASR
+    and DER over the seeds); ``missing`` one line per cell without a finished trial, and why."""
+
+    frame: pd.DataFrame
+    missing: list[str]
+    epoch: str = "last"            # the reported epoch (results.REPORTED_EPOCHS)
 
     def markdown(self) -> str:
-        parts = [render_table(table) for table in self.tables]
+        from vb_sweep.analysis.tables import render_grid
+
+        text = render_grid(self.frame, "md", epoch=self.epoch)
         if self.missing:
-            parts.append("Missing cells:\n" + "\n".join(f"- {line}" for line in self.missing))
-        return "\n\n".join(parts) + "\n"
+            text += "\nMissing cells:\n" + "".join(f"- {line}\n" for line in self.missing)
+        return text
 
     def cells(self) -> list[dict]:
-        """One dict per (table, attack, variant) with its BA, ASR and, against the table's
-        no-defense cell, its DER (fractions; NaN where a cell is missing)."""
-        from vb_sweep.results import der
+        """One dict per section, attack and variant: its section, and the means of BA, ASR and
+        (against the section's no-defense run) DER over its seeds; NaN where none finished."""
+        from vb_sweep.analysis.tables import SECTION_KEYS
 
-        cells = []
-        for table in self.tables:
-            for attack in table.attacks:
-                for defense, values in table.frame.iterrows():
-                    cell = {**table.axes, "attack": attack, "defense": defense,
-                            "ba": values[(attack, "BA")], "asr": values[(attack, "ASR")]}
-                    if defense != "none" and "none" in table.frame.index:
-                        none = table.frame.loc["none"]
-                        cell["der"] = float(der(none[(attack, "BA")], none[(attack, "ASR")],
-                                                cell["ba"], cell["asr"]))
-                    cells.append(cell)
-        return cells
+        return [{**{key: row[key] for key in SECTION_KEYS}, "attack": row["attack"],
+                 "defense": row["defense"], "ba": row["ba_mean"], "asr": row["asr_mean"],
+                 "der": row["der_mean"]} for _, row in self.frame.iterrows()]
 
     def csv_frame(self) -> pd.DataFrame:
-        frames = []
-        for table in self.tables:
-            wide = table.frame.copy()
-            wide.columns = [f"{attack}_{metric.lower()}" for attack, metric in wide.columns]
-            wide = wide.rename_axis("defense").reset_index()
-            for position, (axis, value) in enumerate(table.axes.items()):
-                wide.insert(position, axis, value)
-            wide.insert(len(table.axes) + 1, "seeds", table.seeds)
-            wide.insert(len(table.axes) + 2, "epoch", table.epoch)
-            frames.append(wide)
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-AXES = ("dataset", "poison_rate", "t_f", "t_m", "epochs")
+        return self.frame.assign(reported_epoch=self.epoch)
 
 
 def build_table_grid(configs: list[TrialConfig], trial_ids: list[str],
                      trials: pd.DataFrame, epoch: str = "last") -> Grid:
-    """Rows: variants in Table 4 order; columns: attack x (BA, ASR) at the reported ``epoch``
-    (``results.REPORTED_EPOCHS``), means over seeds. One table per (dataset, poisoning rate,
-    t_f, t_m) combination of the grid."""
-    from vb_sweep.attacks.registry import resolved_poison_rate
+    """The grid of ``configs`` (whose trials are ``trial_ids``) from the ``trials`` rows, BA and
+    ASR at the reported ``epoch`` (``results.REPORTED_EPOCHS``)."""
+    from vb_sweep.analysis.tables import ablation_grid
 
-    cells = pd.DataFrame([{**config.to_dict(),
-                           "poison_rate": resolved_poison_rate(config.attack, config.poison_rate),
-                           "trial_id": trial_id}
+    rows = trials[trials["trial_id"].isin(trial_ids)]
+    frame = ablation_grid(at_reported_epoch(rows, epoch))
+    frame = frame[frame["defense"].isin({config.defense for config in configs})]  # its variants
+    latest = rows.drop_duplicates("trial_id", keep="last").set_index("trial_id")
+    cells = pd.DataFrame([{"attack": config.attack, "defense": config.defense,
+                           "seed": config.seed, "trial_id": trial_id}
                           for config, trial_id in zip(configs, trial_ids)])
-    rows = at_reported_epoch(trials, epoch).drop_duplicates("trial_id", keep="last")
-    rows = rows.set_index("trial_id")
-    cells = cells.join(rows[["status", "ba", "asr", "error"]], on="trial_id")
-    cells[["ba", "asr"]] = cells[["ba", "asr"]].astype(float)
-    tables = []
-    for key, group in cells.groupby(list(AXES), dropna=False, sort=False):
-        attacks = list(dict.fromkeys(group["attack"]))
-        variants = [v for v in variant_names() if v in set(group["defense"])]
-        done = group[group["status"] == "ok"]
-        means = done.groupby(["defense", "attack"])[["ba", "asr"]].mean()
-        frame = pd.DataFrame(
-            {(attack, metric.upper()): [_lookup(means, variant, attack, metric)
-                                        for variant in variants]
-             for attack in attacks for metric in ("ba", "asr")}, index=variants)
-        frame.columns = pd.MultiIndex.from_tuples(frame.columns)
-        axes = dict(zip(AXES, key))
-        tables.append(GridTable(_table_title(axes), axes, attacks, frame,
-                                group["seed"].nunique(), epoch))
-    return Grid(tables, missing_cells(cells))
-
-
-def _lookup(means: pd.DataFrame, variant: str, attack: str, metric: str) -> float:
-    try:
-        return float(means.loc[(variant, attack), metric])
-    except KeyError:
-        return math.nan
-
-
-def _table_title(axes: dict) -> str:
-    """The same wording as analysis/ablation_table.py's section headings."""
-    return (f"dataset {axes['dataset']}, poison rate {100 * axes['poison_rate']:g}%, "
-            f"t_f {axes['t_f']:g}, t_m {axes['t_m']:g}, {axes['epochs']} epochs")
+    cells = cells.join(latest[["status", "error"]], on="trial_id")
+    return Grid(frame, missing_cells(cells), epoch)
 
 
 def missing_cells(cells: pd.DataFrame) -> list[str]:
@@ -263,19 +209,6 @@ def missing_cells(cells: pd.DataFrame) -> list[str]:
         else:
             lines.append(f"{what}: not finished (run again with --resume)")
     return lines
-
-
-def render_table(table: GridTable) -> str:
-    seeds = f", mean of {table.seeds} seeds" if table.seeds > 1 else ""
-    header = ["defense"] + [f"{attack} {metric}" for attack in table.attacks
-                            for metric in ("BA", "ASR")]
-    lines = [f"### {table.title} (BA / ASR in % at the {EPOCH_LEGEND[table.epoch]}{seeds})", "",
-             "| " + " | ".join(header) + " |",
-             "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    for variant, values in table.frame.iterrows():
-        cells = ["—" if pd.isna(v) else f"{100 * v:.1f}" for v in values]
-        lines.append("| " + " | ".join([variant] + cells) + " |")
-    return "\n".join(lines)
 
 
 def write_grid_files(out: Path, grid: Grid) -> tuple[Path, Path]:

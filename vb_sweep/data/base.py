@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 import torch
+
+from vb_sweep.errors import ConfigError
 
 
 @dataclass
@@ -50,3 +54,17 @@ class ImageDataset:
 class DatasetSplits:
     train: ImageDataset
     test: ImageDataset
+
+
+def files_folder(root: Path, name: str, find: Callable[[Path], Path | None], layout: str,
+                 download: bool, fetch: Callable[[Path], Path]) -> Path:
+    """The folder under ``root`` that holds a dataset's files (``find``), fetched into ``root``
+    when absent and ``download``; otherwise a ConfigError saying what was looked for."""
+    folder = find(root)
+    if folder is not None:
+        return folder
+    if not download:
+        raise ConfigError("data_root", str(root), f"{layout}; none found there - point "
+                          "--data-root at a folder holding the files (in Python, "
+                          f"load_dataset('{name}', ROOT, download=True) fetches them)")
+    return fetch(root)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vb_sweep.data.base import DatasetSplits, ImageDataset
+from vb_sweep.data.base import DatasetSplits, ImageDataset, files_folder
 from vb_sweep.errors import ConfigError
 
 BATCHES_DIR = "cifar-10-batches-py"
@@ -28,13 +28,8 @@ EXPECTED_LAYOUT = (f"a folder holding {BATCHES_DIR}/ or cifar10/{BATCHES_DIR}/ "
 def load_cifar10(root: Path, *, download: bool = False, train_per_class: int | None = None,
                  test_per_class: int | None = None) -> DatasetSplits:
     """The whole train (50,000) and test (10,000) splits; ``load_dataset`` subsets them."""
-    folder = find_batches_dir(root)
-    if folder is None:
-        if not download:
-            raise ConfigError("data_root", str(root), f"{EXPECTED_LAYOUT}; none found there - "
-                              "point --data-root at a folder holding the files (in Python, "
-                              "load_dataset('cifar10', ROOT, download=True) fetches them)")
-        folder = download_cifar10(root)
+    folder = files_folder(root, "cifar10", find_batches_dir, EXPECTED_LAYOUT, download,
+                          download_cifar10)
     class_names = read_class_names(folder / META_FILE)
     return DatasetSplits(read_split(folder, TRAIN_FILES, class_names),
                          read_split(folder, TEST_FILES, class_names))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vb_sweep.data.base import DatasetSplits, ImageDataset
+from vb_sweep.data.base import DatasetSplits, ImageDataset, files_folder
 from vb_sweep.errors import ConfigError
 
 TRAIN_FILES = ("gtsrb_train_32x32_full.npz", "gtsrb_train_32x32_every3rdframe.npz")
@@ -47,13 +47,8 @@ CLASS_NAMES = [
 def load_gtsrb(root: Path, *, download: bool = False, train_per_class: int | None = None,
                test_per_class: int | None = None) -> DatasetSplits:
     """The whole train and test splits; ``load_dataset`` subsets them."""
-    folder = find_npz_dir(root)
-    if folder is None:
-        if not download:
-            raise ConfigError("data_root", str(root), f"{EXPECTED_LAYOUT}; none found there - "
-                              "point --data-root at a folder holding the files (in Python, "
-                              "load_dataset('gtsrb', ROOT, download=True) fetches them)")
-        folder = download_gtsrb(root)
+    folder = files_folder(root, "gtsrb", find_npz_dir, EXPECTED_LAYOUT, download,
+                          download_gtsrb)
     train_file = next(folder / name for name in TRAIN_FILES if (folder / name).is_file())
     return DatasetSplits(read_npz(train_file, require_all_classes=True),
                          read_npz(folder / TEST_FILE, require_all_classes=False))

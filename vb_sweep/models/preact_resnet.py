@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vb_sweep.models.base import FeatureClassifier, init_as_authors
-from vb_sweep.models.resnet import make_stage
+from vb_sweep.models.resnet import EighteenLayers
 
 
 class PreActBlock(nn.Module):
@@ -31,22 +30,14 @@ class PreActBlock(nn.Module):
         return out + shortcut
 
 
-class PreActResNet18(FeatureClassifier):
-    """Feature map: ``layer4``'s output (pre-activation), (B, 512, 4, 4) for 32x32 inputs."""
+class PreActResNet18(EighteenLayers):
+    """Stem: a plain 3x3 conv (its blocks activate their own inputs); the feature map is
+    ``layer4``'s output before any activation."""
 
     def __init__(self, num_classes: int = 10):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 3, padding=1, bias=False)
-        self.layer1 = make_stage(PreActBlock, 64, 64, stride=1)
-        self.layer2 = make_stage(PreActBlock, 64, 128, stride=2)
-        self.layer3 = make_stage(PreActBlock, 128, 256, stride=2)
-        self.layer4 = make_stage(PreActBlock, 256, 512, stride=2)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.linear = nn.Linear(512, num_classes)
-        init_as_authors(self)
+        self.add_stages(PreActBlock, num_classes)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))
-
-    def classify(self, feature_map: torch.Tensor) -> torch.Tensor:
-        return self.linear(torch.flatten(self.pool(feature_map), 1))
+    def stem_output(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv1(x)

@@ -35,22 +35,38 @@ def make_stage(block: type[nn.Module], in_channels: int, channels: int, stride: 
                          *(block(channels, channels) for _ in range(blocks - 1)))
 
 
-class ResNet18(FeatureClassifier):
-    """Feature map: ``layer4``'s output, (B, 512, 4, 4) for 32x32 inputs."""
+class EighteenLayers(FeatureClassifier):
+    """The 18-layer layout of both ResNets: a stem (the subclass's), four stages of two blocks
+    (64, 128, 256, 512 channels), global pooling and a linear classifier. Feature map:
+    ``layer4``'s output, (B, 512, 4, 4) for 32x32 inputs."""
 
-    def __init__(self, num_classes: int = 10):
-        super().__init__()
-        self.stem = conv_bn_relu(3, 64)
-        self.layer1 = make_stage(BasicBlock, 64, 64, stride=1)
-        self.layer2 = make_stage(BasicBlock, 64, 128, stride=2)
-        self.layer3 = make_stage(BasicBlock, 128, 256, stride=2)
-        self.layer4 = make_stage(BasicBlock, 256, 512, stride=2)
+    def add_stages(self, block: type[nn.Module], num_classes: int) -> None:
+        """After the stem, in this order (it is the order the weights are drawn in)."""
+        self.layer1 = make_stage(block, 64, 64, stride=1)
+        self.layer2 = make_stage(block, 64, 128, stride=2)
+        self.layer3 = make_stage(block, 128, 256, stride=2)
+        self.layer4 = make_stage(block, 256, 512, stride=2)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(512, num_classes)
         init_as_authors(self)
 
+    def stem_output(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(self.stem_output(x)))))
 
     def classify(self, feature_map: torch.Tensor) -> torch.Tensor:
         return self.linear(torch.flatten(self.pool(feature_map), 1))
+
+
+class ResNet18(EighteenLayers):
+    """Stem: 3x3 conv, BN, ReLU."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.stem = conv_bn_relu(3, 64)
+        self.add_stages(BasicBlock, num_classes)
+
+    def stem_output(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stem(x)

@@ -1,5 +1,6 @@
 """Throughput of the trial's stages against the bare model's, for benchmark.py and gpu_check.py
-(beside this file, which import it; nothing in the package does): images/s of each stage, and the share of its wall time spent inside the model.
+(beside this file, which import it; nothing in the package does): images/s of each stage, and
+the share of its wall time spent inside the model.
 
 The bare model runs on random tensors in the passes the stage really runs: the same batch
 sizes, one forward per part where the engine forwards a step's batch in parts (the authors'

@@ -17,7 +17,8 @@ from typing import Callable
 import torch
 
 from vb_sweep.config import TrialConfig
-from vb_sweep.engine import (SSTSettings, StepSettings, mix_epoch, plain_epoch, sst_epoch)
+from vb_sweep.engine import (SSTSettings, StepSettings, autocast, mix_epoch, plain_epoch,
+                             sst_epoch)
 from vb_sweep.metrics import backdoor_metrics, filter_quality, predict
 from vb_sweep.results import HISTOGRAM_BINS
 from vb_sweep.victim import VictimState, VictimTrajectory
@@ -71,8 +72,7 @@ def clean_batchnorm_copy(model, images: torch.Tensor, step: StepSettings, batch_
             module.reset_running_stats()
             module.momentum = None  # a cumulative average over the pass
     probe.train()
-    with torch.autocast(images.device.type, dtype=step.autocast_dtype,
-                        enabled=step.autocast_dtype is not None):
+    with autocast(images.device.type, step):
         for batch in images.split(batch_size):
             probe(step.normalize(batch))
     return probe.eval()

@@ -50,13 +50,14 @@ def _inputs(images_uint8: torch.Tensor, settings: StepSettings) -> torch.Tensor:
     return settings.normalize(images_uint8)
 
 
-def _autocast(device_type: str, settings: StepSettings):
+def autocast(device_type: str, settings: StepSettings):
+    """bf16 autocast where the settings ask for it (a no-op context otherwise)."""
     return torch.autocast(device_type, dtype=settings.autocast_dtype,
                           enabled=settings.autocast_dtype is not None)
 
 
 def _step(model, optimizer, loss_fn, settings: StepSettings) -> float:
-    with _autocast(settings.normalize.mean.device.type, settings):
+    with autocast(settings.normalize.mean.device.type, settings):
         loss = loss_fn()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -96,7 +97,7 @@ def forward_parts(model, parts: list[torch.Tensor], settings: StepSettings) -> t
 def attention_maps(model, views: list[torch.Tensor], settings: StepSettings) -> torch.Tensor:
     """The Beneficiary's attention on the clean views, without gradients: in train mode, one
     view at a time (the authors' way), or in eval mode on all of them at once ("joint")."""
-    with _autocast(views[0].device.type, settings):
+    with autocast(views[0].device.type, settings):
         if _separate_passes(settings):
             features = torch.cat([model.forward_with_features(view)[1] for view in views])
         else:
@@ -161,7 +162,7 @@ class SSTSettings:
 def no_grad_logits(model, views: list[torch.Tensor], settings: StepSettings) -> torch.Tensor:
     """The Beneficiary's logits on each view in its own train-mode pass (the authors' way of
     taking pseudo-labels: batch statistics, running statistics updated)."""
-    with _autocast(views[0].device.type, settings):
+    with autocast(views[0].device.type, settings):
         return torch.cat([model(view) for view in views])
 
 

@@ -247,8 +247,9 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         options = {**vars(args), "storage": redact_url(args.storage),
                    "mlflow_uri": redact_url(args.mlflow_uri)}
         session = SweepSession(session_options(args, "threshold_search", sweep, options))
-        url = check_storage_url(args.storage) if args.storage else storage_url(args,
-                                                                                session.out)
+        url = storage_url(args, session.out)
+        if args.storage:  # the default, a file in --out, is checked with --out
+            check_storage_url(url)
         study_name = args.study_name or sweep
         session.check([base])
         if session.shared_folder_note():

@@ -54,15 +54,18 @@ def test_the_check_imports_neither_ray_nor_mlflow():
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_full_trial_is_extrapolated_from_per_epoch_costs():
-    config = gpu_check.check_config("cpu", "tiny_cnn", 100, 2)  # 1 mix + 1 SST epoch
-    short = {"row": {"victim_s": 1.0 * gpu_check.victim_epochs(config), "poison_s": 0.5},
-             "stage_seconds": {"mix": 2.0, "sst": 3.0}}
-    full = gpu_check.full_trial_seconds(short, config, images=100)
-    scale = 50_000 / 100
-    assert full["mix"] == pytest.approx(2.0 * 100 * scale)
-    assert full["sst"] == pytest.approx(3.0 * 100 * scale)
-    assert full["victim"] == pytest.approx(1.0 * (3 + 20 + 99) * scale)  # warm-up, re-splits
+def test_full_trial_is_extrapolated_from_each_stages_images_per_second():
+    rates = {"entropy pass": 10_000.0, "victim epoch": 1000.0, "plain epoch": 1000.0,
+             "attentionmix epoch": 800.0, "sst epoch": 500.0}
+    stages = [{"stage": name, "images_per_s": rate} for name, rate in rates.items()]
+    full = gpu_check.full_trial_seconds(stages, poison_s=0.5, images=100)
+    victim_epochs = 3 + 20 + 99  # epoch 0, the warm-up's two, the re-splits every 5 epochs
+    assert full["poison"] == pytest.approx(0.5 * 50_000 / 100)
+    assert full["victim"] == pytest.approx((50_000 + (victim_epochs - 1) * 10_000) / 1000
+                                           + victim_epochs * 50_000 / 10_000)
+    assert full["mix"] == pytest.approx(100 * 2 * 40_000 / 800)  # two views of Dc
+    assert full["sst"] == pytest.approx(100 * (2 * 40_000 + 2 * 10_000) / 500)  # K = 2
+    assert full["evaluation"] == pytest.approx(200 * 2 * 10_000 / 10_000)
     assert full["total"] == pytest.approx(sum(v for k, v in full.items() if k != "total"))
 
 

@@ -65,6 +65,11 @@ def test_ablation_on_a_two_node_cluster(cluster_sweep):
     assert set(rows["status"]) == {"ok"} and set(rows["sweep"]) == {"ablation-smoke"}
     assert rows["poison_cached"].all()  # built once, before the trials
     assert rows.loc[rows["defense"] == "vab", "victim_cached"].all()
+    # Two slots for four trials: the workers are reused, and every trial's costs are recorded.
+    assert (rows["worker_trial"] == 1).sum() <= 2 and (rows["worker_trial"] > 1).any()
+    assert (rows.loc[rows["worker_trial"] > 1, "startup_s"] == 0).all()
+    compute = rows[["poison_s", "victim_s", "beneficiary_s"]].sum(axis=1)
+    assert (rows["lifetime_s"] > compute).all() and (rows["tracking_s"] > 0).all()
     history = pd.read_parquet(out / "history")
     assert history.groupby("trial_id")["epoch"].max().tolist() == [2] * 4
     check_nested_runs(MlflowClient(f"sqlite:///{out / 'mlflow.db'}"), "ablation-smoke", rows)

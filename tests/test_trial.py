@@ -252,3 +252,49 @@ def test_show_attacks_writes_the_gallery(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"gallery of badnets, blend written to {out}" in printed
     assert "preparing" not in printed  # neither trains, so no progress lines
+
+
+SEQUENCE_SCRIPT = """
+import json, sys, tempfile, threading
+from vb_sweep.cache import ArtifactCache
+from vb_sweep.config import preset_config
+from vb_sweep.trial import run_trial
+
+def trial(changes):
+    config = preset_config("smoke", **{**json.loads(sys.argv[1]), **changes}).validate()
+    box = {}
+    def run():  # Tune runs each trial of a reused worker in a new thread of the same process
+        box["result"] = run_trial(config, cache=ArtifactCache(tempfile.mkdtemp()))
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return box["result"]
+
+for changes in json.loads(sys.argv[2]):
+    result = trial(changes)
+keys = ("ba", "asr", "ra", "best_ba", "filter_precision", "filter_recall", "credible_size",
+        "num_poisoned", "train_fingerprint")
+print(json.dumps({"row": {key: result.row[key] for key in keys},
+                  "losses": [r["loss"] for r in result.history if "loss" in r]}))
+"""
+
+
+def test_a_trial_after_another_in_one_process_equals_it_in_a_fresh_one():
+    """What a reused sweep worker does: a trial run after a different one (another attack,
+    seed and variant) in the same process gives the row and losses it gives in a new process:
+    no model, optimizer, RNG or data state leaks from one trial to the next."""
+    import json
+
+    first = {"attack": "blend", "defense": "F+AT", "seed": 1}
+    second = {"attack": "badnets", "defense": "vab", "seed": 0}
+
+    def run(*trials):
+        done = subprocess.run([sys.executable, "-c", SEQUENCE_SCRIPT, json.dumps(TINY),
+                               json.dumps(list(trials))],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    after_another, alone = run(first, second), run(second)
+    assert after_another == alone
+    assert len(alone["losses"]) == 4

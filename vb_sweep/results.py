@@ -40,6 +40,12 @@ TRIAL_SCHEMA = pa.schema([
     ("poison_cached", pa.bool_()), ("victim_cached", pa.bool_()),
     ("mix_stage_cached", pa.bool_()),
     ("train_images_per_s", pa.float64()),
+    # A trial's fixed costs: loading the clean data (load_s), starting its worker process
+    # (startup_s: interpreter, imports, Ray; 0 for a worker's later trials, worker_trial > 1),
+    # the driver's MLflow logging of the finished trial (tracking_s), and Tune's start of the
+    # trial to its row (lifetime_s, retries included).
+    ("load_s", pa.float64()), ("startup_s", pa.float64()), ("worker_trial", pa.int64()),
+    ("tracking_s", pa.float64()), ("lifetime_s", pa.float64()),
     ("wall_s", pa.float64()), ("status", pa.string()), ("error", pa.string()),
     ("mlflow_run_id", pa.string()), ("device", pa.string()),
     ("precision", pa.string()),  # bf16 (autocast) or fp32

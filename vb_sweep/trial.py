@@ -66,6 +66,7 @@ def run_trial(config: TrialConfig, *, cache: ArtifactCache | None = None, sweep:
     trial_id = trial_id or trial_id_for(config)
     device = resolve_device(config.device)
     data = load_trial_data(config)
+    load_seconds = time.perf_counter() - started
 
     poison_started = time.perf_counter()
     poison, poison_cached = prepare_poisoned_set(config, cache, device)
@@ -88,7 +89,7 @@ def run_trial(config: TrialConfig, *, cache: ArtifactCache | None = None, sweep:
     history = train_beneficiary(config, data, poison, trajectory, device, on_epoch=report,
                                 checkpoint=checkpoint, save_checkpoint=save_checkpoint)
     history = [with_ids(record) for record in history]
-    timings = {"poison_s": poison_seconds, "victim_s": victim_seconds,
+    timings = {"load_s": load_seconds, "poison_s": poison_seconds, "victim_s": victim_seconds,
                "beneficiary_s": time.perf_counter() - beneficiary_started,
                "wall_s": time.perf_counter() - started,
                "poison_cached": poison_cached, "victim_cached": victim_cached,

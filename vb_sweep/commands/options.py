@@ -89,6 +89,9 @@ def add_sweep_options(parser: argparse.ArgumentParser, epochs_axis: bool = False
                        help="CPU cores (and torch threads) per trial (default 1)")
     group.add_argument("--address", default=None,
                        help="HOST:PORT of a running Ray head node (`ray start --head`) to join")
+    group.add_argument("--fresh-workers", action="store_true",
+                       help="start a new worker process for every trial (default: a worker "
+                            "runs trial after trial, keeping its imports and loaded data)")
     group.add_argument("--max-failures", type=int, default=2,
                        help="retries of a trial whose process dies, from its latest checkpoint "
                             "(default 2; an exception in the defense is a failed row, not "
@@ -123,7 +126,7 @@ def session_options(args, kind: str, sweep: str, options: dict) -> SessionOption
         address=args.address, mlflow_uri=args.mlflow_uri, storage=args.storage_path,
         cache_dir=args.cache_dir, gpus=args.gpus, trials_per_gpu=args.trials_per_gpu,
         cpus=args.cpus, cpus_per_trial=args.cpus_per_trial, max_failures=args.max_failures,
-        verbose=args.verbose, options=options)
+        reuse_workers=not args.fresh_workers, verbose=args.verbose, options=options)
 
 
 def data_root(args) -> str | None:

@@ -42,6 +42,10 @@ class TrialRecorder:
         self.tracking_failures = 0
         self.open_runs: dict[str, str] = {}             # trial id -> its RUNNING MLflow run
         self.logged_epochs: dict[str, set[int]] = {}    # trial id -> epochs logged live
+        self.trial_started: dict[str, float] = {}       # trial id -> when Tune first started it
+
+    def start_trial(self, spec: dict) -> None:
+        self.trial_started.setdefault(spec["trial_id"], time.monotonic())
 
     def record_epoch(self, spec: dict, result: dict) -> None:
         """One epoch's report; an epoch reported again (a retried trial re-running the epochs
@@ -65,7 +69,11 @@ class TrialRecorder:
         row = {**row, "sweep": spec["sweep"], "trial_id": spec["trial_id"]}
         history = [{**record, "sweep": spec["sweep"], "trial_id": spec["trial_id"]}
                    for record in history]
+        tracking_started = time.monotonic()
         row["mlflow_run_id"] = self._log_mlflow(spec, row, history, figures)
+        row["tracking_s"] = time.monotonic() - tracking_started if self.tracker else None
+        started = self.trial_started.pop(spec["trial_id"], None)
+        row["lifetime_s"] = time.monotonic() - started if started is not None else None
         write_trial(self.out, row, history)
         if self.tracker is not None and row["mlflow_run_id"] is None:
             self.keep_for_mlflow(spec["config"], row, history, figures)
@@ -190,6 +198,9 @@ def tune_callback(recorder: TrialRecorder):
     from ray import tune
 
     class RecordingCallback(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            recorder.start_trial(trial_spec(trial.config))
+
         def on_trial_result(self, iteration, trials, trial, result, **info):
             recorder.record_epoch(trial_spec(trial.config), result)
 

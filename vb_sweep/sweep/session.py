@@ -40,6 +40,7 @@ class TuneSettings:
     resources: Resources
     max_failures: int = 2
     verbose: int = 1
+    reuse_workers: bool = True     # Tune's reuse_actors: a worker runs trial after trial
 
 
 def new_run_name() -> str:
@@ -101,7 +102,8 @@ def run_tune(settings: TuneSettings, param_space: dict, recorder: TrialRecorder,
         tune_config=tune.TuneConfig(
             search_alg=search_alg, num_samples=num_samples,
             max_concurrent_trials=None if search_alg else settings.resources.max_concurrent,
-            trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+            trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+            reuse_actors=settings.reuse_workers),
         run_config=tune.RunConfig(
             name=new_run_name(), storage_path=settings.storage,
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
@@ -140,6 +142,7 @@ class SessionOptions:
     cpus: int | None = None
     cpus_per_trial: int = 1
     max_failures: int = 2
+    reuse_workers: bool = True
     verbose: int = 1
     options: dict = field(default_factory=dict)  # recorded in sweep.json and the parent run
 
@@ -259,7 +262,7 @@ class SweepSession:
 
     def run(self, param_space: dict, recorder: TrialRecorder, **tune_options):
         settings = TuneSettings(self.storage, self.resources, self.options.max_failures,
-                                self.options.verbose)
+                                self.options.verbose, self.options.reuse_workers)
         return run_tune(settings, param_space, recorder, **tune_options)
 
     def log_grid(self, files: list[Path], cells: list[dict]) -> None:

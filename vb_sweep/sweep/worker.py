@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -119,12 +120,32 @@ class EpochReporter:
             self.pending = None
 
 
+class WorkerProcess:
+    """What a worker process knows about itself across the trials Tune runs in it."""
+
+    trials = 0
+
+    @classmethod
+    def start_trial(cls) -> dict:
+        """This trial's place in the worker: ``worker_trial`` (1 in a new process) and
+        ``startup_s``, the seconds from the process's start to its first trial (0 later)."""
+        import psutil
+
+        cls.trials += 1
+        startup = time.time() - psutil.Process().create_time() if cls.trials == 1 else 0.0
+        return {"worker_trial": cls.trials, "startup_s": startup}
+
+
 def sweep_trial(tune_config: dict) -> None:
     """The Tune trainable: one full trial (any variant), resumed from its latest checkpoint if
     there is one. Its last report carries the final row, and a checkpoint holding the row, the
-    history and the figures, which the driver turns into MLflow runs and Parquet rows."""
+    history and the figures, which the driver turns into MLflow runs and Parquet rows. A worker
+    process may run several trials one after the other (``--fresh-workers`` turns that off):
+    each trial seeds everything it draws, and what the process keeps between trials (the clean
+    data, ``vb_sweep.artifacts.load_trial_data``) is keyed by its settings and never changed."""
     from ray import tune
 
+    worker = WorkerProcess.start_trial()
     quiet_checkpoint_logs()
     spec = trial_spec(tune_config)
     latest = tune.get_checkpoint()
@@ -139,6 +160,7 @@ def sweep_trial(tune_config: dict) -> None:
     # A resumed attempt is not killed again: the kill hook fires once per trial.
     reporter = EpochReporter(spec.get("faults", {}) if found.state is None else {})
     row, history, figures = run_with_recovery(spec, found.state, reporter)
+    row = {**row, **worker}
     reporter.flush()
     report_final(row, history, figures)
 

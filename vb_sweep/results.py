@@ -2,6 +2,13 @@
 in ``history/``, under a sweep's output folder. Each trial writes its own uniquely named file,
 atomically (temporary name, then rename), so ``pandas.read_parquet(out / "trials")`` always reads
 complete rows and a killed writer loses nothing that had finished.
+
+Once a folder holds ``COMPACT_AT`` one-trial files, the driver merges them into one
+``compacted-*.parquet`` file (``compact_results``): a thousand small files take seconds to
+read, one file milliseconds. The merged file is written before the small ones are removed, and
+a trial's rows in a later file (a one-trial file, or a newer merge) replace its rows in an
+earlier merge, so a merge cut short leaves duplicates that ``read_trials`` and ``read_history``
+drop, never a lost row.
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -96,12 +104,16 @@ def as_datetime(value):
 
 
 def write_parquet_atomically(rows: list[dict], schema: pa.Schema, path: Path) -> Path:
+    return write_table_atomically(_table(rows, schema), path)
+
+
+def write_table_atomically(table: pa.Table, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
     os.close(fd)
     try:
-        pq.write_table(_table(rows, schema), tmp)
+        pq.write_table(table, tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -128,11 +140,31 @@ def read_trials(out_dir: Path, strict: bool = False) -> pd.DataFrame:
     return trials
 
 
+COMPACTED_PREFIX = "compacted-"
+COMPACT_AT = 100  # one-trial files in a folder that make the driver merge them
+
+
+def table_files(folder: Path) -> list[Path]:
+    """The folder's Parquet files, oldest source first: the merges in the order they were
+    made, then the one-trial files."""
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    return ([path for path in files if path.name.startswith(COMPACTED_PREFIX)]
+            + [path for path in files if not path.name.startswith(COMPACTED_PREFIX)])
+
+
+def from_latest_source(trial_ids, sources: np.ndarray) -> np.ndarray:
+    """Which rows to keep: each trial's rows from the latest file (``sources``: a rank per
+    row) that holds it."""
+    latest = pd.Series(sources).groupby(np.asarray(trial_ids)).transform("max").to_numpy()
+    return sources == latest
+
+
 def read_table_folder(folder: Path, schema: pa.Schema, required: tuple[str, ...],
                       strict: bool = False) -> pd.DataFrame:
     unreadable = refuse_file if strict else skip_file
-    frames = []
-    for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
+    files = table_files(folder)
+    frames, sources = [], []
+    for rank, path in enumerate(files):
         try:
             table = pq.read_table(path)
         except Exception as err:  # noqa: BLE001 - corrupt or not Parquet: the others still count
@@ -143,9 +175,55 @@ def read_table_folder(folder: Path, schema: pa.Schema, required: tuple[str, ...]
             unreadable(path, f"not a {folder.name} table: no {', '.join(missing)} column")
             continue
         frames.append(table.to_pandas())
+        sources.append(np.full(len(frames[-1]), rank))
     if not frames:
         return pd.DataFrame({name: pd.Series(dtype=object) for name in schema.names})
-    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if len(frames) == 1:
+        return frames[0]
+    frame = pd.concat(frames, ignore_index=True)
+    if not files[0].name.startswith(COMPACTED_PREFIX):
+        return frame  # one file per trial: nothing can repeat
+    keep = from_latest_source(frame["trial_id"], np.concatenate(sources))
+    return frame[keep].reset_index(drop=True)
+
+
+def compact_results(out_dir: Path, at_least: int = COMPACT_AT) -> int:
+    """Merge ``trials/`` and ``history/`` into one file each once either holds ``at_least``
+    one-trial files; returns how many files were merged. A folder with a file it cannot read
+    or bring to the current schema is left as it is, with a warning."""
+    merged = 0
+    for name, schema in ((HISTORY_DIR, HISTORY_SCHEMA), (TRIALS_DIR, TRIAL_SCHEMA)):
+        folder = Path(out_dir) / name
+        files = table_files(folder)
+        if sum(not path.name.startswith(COMPACTED_PREFIX) for path in files) < at_least:
+            continue
+        try:
+            tables = [conform(pq.read_table(path), schema) for path in files]
+        except Exception as err:  # noqa: BLE001 - keep the files; readers report them
+            skip_file(folder, f"not merged ({' '.join(str(err).split())[:120]})")
+            continue
+        sources = np.concatenate([np.full(len(table), rank) for rank, table in enumerate(tables)])
+        combined = pa.concat_tables(tables)
+        ids = combined["trial_id"].to_numpy(zero_copy_only=False)
+        combined = combined.filter(pa.array(from_latest_source(ids, sources)))
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        target = folder / f"{COMPACTED_PREFIX}{stamp}-{os.getpid()}.parquet"
+        write_table_atomically(combined, target)
+        for path in files:
+            if path != target:
+                path.unlink(missing_ok=True)
+        merged += len(files)
+    return merged
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns: those it lacks (files written before they
+    existed) as nulls. A column the schema does not know raises (a newer writer's file)."""
+    unknown = set(table.column_names) - set(schema.names)
+    if unknown:
+        raise ValueError(f"columns not in the schema: {sorted(unknown)}")
+    return pa.table([table[field.name].cast(field.type) if field.name in table.column_names
+                     else pa.nulls(len(table), field.type) for field in schema], schema=schema)
 
 
 def skip_file(path: Path, reason: str) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow.fs
 
 from vb_sweep.errors import first_line
-from vb_sweep.results import write_trial
+from vb_sweep.results import compact_results, write_trial
 from vb_sweep.sweep.worker import FIGURES_DIR, RESULT_FILE, failed_row, trial_spec
 
 PENDING_DIR = "mlflow-pending"
@@ -75,6 +75,7 @@ class TrialRecorder:
         started = self.trial_started.pop(spec["trial_id"], None)
         row["lifetime_s"] = time.monotonic() - started if started is not None else None
         write_trial(self.out, row, history)
+        compact_results(self.out)
         if self.tracker is not None and row["mlflow_run_id"] is None:
             self.keep_for_mlflow(spec["config"], row, history, figures)
         self.done += 1

@@ -75,13 +75,22 @@ class TrialRecorder:
         started = self.trial_started.pop(spec["trial_id"], None)
         row["lifetime_s"] = time.monotonic() - started if started is not None else None
         write_trial(self.out, row, history)
-        compact_results(self.out)
+        self.merge_results()
         if self.tracker is not None and row["mlflow_run_id"] is None:
             self.keep_for_mlflow(spec["config"], row, history, figures)
         self.done += 1
         print(trial_line(self.done, self.total, row, time.monotonic() - self.started),
               flush=True)
         return row
+
+    def merge_results(self) -> None:
+        """Merge the one-trial Parquet files once there are many; a failed merge leaves them
+        as they are (every row is already on disk) and costs a warning."""
+        try:
+            compact_results(self.out)
+        except OSError as err:
+            print(f"warning: could not merge the Parquet files under {self.out}: {err}",
+                  flush=True)
 
     def keep_for_mlflow(self, config: dict, row: dict, history: list[dict],
                         figures: dict[str, bytes]) -> None:

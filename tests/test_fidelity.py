@@ -155,7 +155,7 @@ def test_victim_model_chooses_the_victims_network_and_keys_its_trajectory():
     assert trial_id_for(resnet) != trial_id_for(own)
     # fields added later, at their default, are not in the id
     before = {k: v for k, v in own.to_dict().items()
-              if k not in ("victim_model", "batchnorm_diagnostic")}
+              if k not in ("victim_model", "batchnorm_diagnostic", "sst_batchnorm")}
     digest = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
     assert trial_id_for(own).endswith(digest[:8])
     assert preset_config("paper").victim_network == "resnet18"
@@ -258,3 +258,27 @@ def test_batchnorm_diagnostic_adds_figures_and_changes_no_training(tmp_path):
     assert ([{k: r.get(k) for k in same} for r in plain.history]
             == [{k: r.get(k) for k in same} for r in probed.history])
     assert trial_id_for(config.replace(batchnorm_diagnostic=True)) != trial_id_for(config)
+
+
+def test_sst_batchnorm_credible_changes_the_statistics_not_the_training(tmp_path):
+    """The option re-estimates BatchNorm's running statistics on Dc after each SST epoch. In
+    the authors' passes no training forward reads the running statistics, so the weights train
+    exactly as without it; only what the SST epochs are evaluated with changes."""
+    from vb_sweep.trial import run_trial
+
+    config = preset_config("smoke", **TINY, defense="vab").validate()
+    running = run_trial(config, cache=ArtifactCache(tmp_path / "running"))
+    credible = run_trial(config.replace(sst_batchnorm="credible").validate(),
+                         cache=ArtifactCache(tmp_path / "credible"))
+    assert [r.get("loss") for r in running.history] == [r.get("loss") for r in credible.history]
+    stages = [r["stage"] for r in running.history if r.get("ba") is not None]
+    assert stages == ["mix", "mix", "sst", "sst"]
+
+    def evaluated(result, stage):
+        return [(r["ba"], r["asr"]) for r in result.history if r.get("stage") == stage]
+
+    assert evaluated(running, "mix") == evaluated(credible, "mix")
+    assert evaluated(running, "sst") != evaluated(credible, "sst")
+    assert trial_id_for(config.replace(sst_batchnorm="credible")) != trial_id_for(config)
+    with pytest.raises(ConfigError, match="sst_batchnorm"):
+        config.replace(sst_batchnorm="clean").validate()

@@ -27,6 +27,11 @@ ATTENTION_INTERPOLATIONS = ("bilinear", "nearest")
 # - "joint": the attention in eval mode and one concatenated training forward, so the running
 #   statistics are built from the training batch only (mixed images, plus SST's unlabeled views).
 BATCHNORM_PASSES = ("authors", "joint")
+# The BatchNorm running statistics the Beneficiary is evaluated and continues with after each
+# SST epoch: "running", as the train-mode passes leave them (the authors'); "credible",
+# re-estimated on the credible set Dc of the current split (an option of ours: the running
+# statistics of small unlabeled batches make SST's BA and ASR swing, docs/method.md section 9).
+SST_BATCHNORM = ("running", "credible")
 # Images per class at most: above every real dataset's (CIFAR-10 5,000, GTSRB 2,250), and the
 # generated data at this size already takes 1.8 GB of uint8 images.
 MAX_PER_CLASS = 60_000
@@ -94,6 +99,7 @@ class TrialConfig:
     eval_batch_size: int = 1024
     batchnorm_passes: str = "authors"      # BATCHNORM_PASSES; "joint": the old engine
     share_mix_stage: bool = True           # start the SST stage from the cached mix stage
+    sst_batchnorm: str = "running"         # SST_BATCHNORM
     # Diagnostic, changes no training: after every epoch also evaluate a copy of the Beneficiary
     # whose BatchNorm running statistics are re-estimated on the clean training images
     # (history columns *_clean_bn), to tell the running statistics' part in BA from the weights'.
@@ -166,6 +172,7 @@ class TrialConfig:
         check_choice("attention_interpolation", self.attention_interpolation,
                      ATTENTION_INTERPOLATIONS)
         check_choice("batchnorm_passes", self.batchnorm_passes, BATCHNORM_PASSES)
+        check_choice("sst_batchnorm", self.sst_batchnorm, SST_BATCHNORM)
         for name in ("amp", "share_mix_stage", "batchnorm_diagnostic"):
             check_choice(name, getattr(self, name), (True, False))
         check_number("seed", self.seed, integer=True, minimum=0, maximum=MAX_SEED)

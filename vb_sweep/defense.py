@@ -63,19 +63,31 @@ def evaluate(model, eval_set: EvalSet, step: StepSettings, batch_size: int) -> d
 
 
 @torch.no_grad()
-def clean_batchnorm_copy(model, images: torch.Tensor, step: StepSettings, batch_size: int):
-    """A copy of ``model`` (same weights) whose BatchNorm running statistics are re-estimated
-    from ``images`` (uint8, not augmented), every batch weighted alike; in eval mode."""
-    probe = copy.deepcopy(model)
-    for module in probe.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # a cumulative average over the pass
-    probe.train()
+def reestimate_batchnorm(model, images: torch.Tensor, step: StepSettings, batch_size: int):
+    """Replace ``model``'s BatchNorm running statistics with ones estimated from ``images``
+    (uint8, not augmented), every batch weighted alike; the weights are untouched, and the
+    model is left in the mode it was in."""
+    layers = [module for module in model.modules()
+              if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # a cumulative average over the pass
+    was_training = model.training
+    model.train()
     with autocast(images.device.type, step):
         for batch in images.split(batch_size):
-            probe(step.normalize(batch))
-    return probe.eval()
+            model(step.normalize(batch))
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
+    model.train(was_training)
+    return model
+
+
+def clean_batchnorm_copy(model, images: torch.Tensor, step: StepSettings, batch_size: int):
+    """A copy of ``model`` (same weights) whose BatchNorm running statistics are re-estimated
+    from ``images``; in eval mode."""
+    return reestimate_batchnorm(copy.deepcopy(model), images, step, batch_size).eval()
 
 
 def clean_batchnorm_metrics(model, data: "BeneficiaryData", eval_set: EvalSet,
@@ -181,6 +193,9 @@ def run_beneficiary(config: TrialConfig, model, data: BeneficiaryData, eval_set:
                                      f"(stage {stage_of(config, epoch)}, lr {lr:g}): the run "
                                      "diverged")
         train_seconds = time.perf_counter() - started
+        if config.sst_batchnorm == "credible" and stage_of(config, epoch) == "sst":
+            credible = ~trajectory.state_for(epoch).suspicious.to(data.images.device)
+            reestimate_batchnorm(model, data.images[credible], step, config.batch_size)
         record = {"epoch": epoch, "stage": stage_of(config, epoch), "lr": lr, "loss": stats.loss,
                   **evaluate(model, eval_set, step, config.eval_batch_size),
                   "seconds": time.perf_counter() - started,

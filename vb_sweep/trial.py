@@ -44,7 +44,8 @@ class TrialResult:
 # -- the trial ----------------------------------------------------------------------------------
 # Fields added after sweeps were run, with their default: left out of the trial id while at it,
 # so that a --resume of such a sweep still finds its finished trials.
-FIELDS_ADDED_LATER = {"victim_model": None, "batchnorm_diagnostic": False}
+FIELDS_ADDED_LATER = {"victim_model": None, "batchnorm_diagnostic": False,
+                      "sst_batchnorm": "running"}
 
 
 def trial_id_for(config: TrialConfig) -> str:

@@ -97,29 +97,38 @@ class LocalCluster:
             time.sleep(1)
 
     def kill_worker_node(self) -> None:
-        """SIGKILL the last worker node's `ray start`, raylet and workers at once (Ray gives each
-        worker a process group of its own, so the node's process tree is what is killed)."""
-        node = psutil.Process(self.nodes[-1].pid)
-        for process in [node, *node.children(recursive=True)]:
-            try:
-                process.kill()
-            except psutil.Error:
-                pass
+        """SIGKILL the last worker node's processes at once, as a machine that loses power."""
+        kill_tree(self.nodes[-1].pid)
 
     def stop(self) -> None:
+        """SIGTERM every node (`ray start --block` stops its Ray processes), then SIGKILL what
+        is left of each node's process tree."""
+        trees = [process_tree(node.pid) for node in self.nodes]
         for node in self.nodes:
-            try:
-                os.killpg(node.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            node.send_signal(signal.SIGTERM)
         time.sleep(5)
-        for node in self.nodes:
-            try:
-                os.killpg(node.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        for node, tree in zip(self.nodes, trees):
+            kill_tree(node.pid, tree)
             node.wait()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """A process and everything it started (Ray gives each worker a process group of its own,
+    so a node's process group would miss them)."""
+    try:
+        parent = psutil.Process(pid)
+        return [parent, *parent.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def kill_tree(pid: int, known: list[psutil.Process] = ()) -> None:
+    for process in {*known, *process_tree(pid)}:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
 
 
 def sweep_command(args, address: str) -> list[str]:
@@ -136,6 +145,15 @@ def run_sweep(args, cluster: LocalCluster) -> dict:
     started = time.perf_counter()
     sweep = subprocess.Popen(sweep_command(args, cluster.address), stdout=log,
                              stderr=subprocess.STDOUT, env=cluster.env)
+    try:
+        return watch(args, cluster, sweep, started)
+    finally:
+        if sweep.poll() is None:  # the watch failed or was interrupted: the driver goes too
+            kill_tree(sweep.pid)
+            sweep.wait()
+
+
+def watch(args, cluster: LocalCluster, sweep: subprocess.Popen, started: float) -> dict:
     driver, peak, killed_at = psutil.Process(sweep.pid), 0, None
     while sweep.poll() is None:
         try:

@@ -4,15 +4,19 @@
     python experiments/trial_overhead.py --seeds 10 --out overhead-fresh --fresh-workers
 
 It runs `vb-sweep ablation --preset smoke --epochs 1` over SEEDS seeds x `none`, `vab` on 20
-generated images a class (each trial computes for a few seconds) on a local Ray cluster with
+generated images a class (each trial computes for a second or two) on a local Ray cluster with
 `--cpus`, then reads the trials table and prints, per trial (mean, median):
-- lifetime: Tune's start of the trial to its row being written (the driver's clock);
+- lifetime: Tune's start of the trial on its worker to its row being written (the driver's
+  clock; the worker process is already up);
 - compute: poisoning, the Victim and the Beneficiary (the trial's own clocks);
-- overhead: lifetime minus compute, and its known parts: starting the worker process
-  (interpreter, imports, Ray; only in a worker's first trial), loading the clean data, and the
-  driver's MLflow logging of the finished trial; what is left is Tune's and Ray's own
-  scheduling, the per-epoch reports and checkpoints, and the result's transfer;
-- the sweep's wall time and trials per minute, and the trials each worker process ran.
+- overhead: lifetime minus compute, and its known parts: importing the trial's code (torch, the
+  defense: in a worker's first trial), loading the clean data, the driver's MLflow logging; the
+  rest is Tune's and Ray's scheduling, the per-epoch reports and checkpoints, the figures and
+  the result's transfer;
+- worker start: a new process's start to its first trial (interpreter, Ray, the actor), paid
+  before the lifetime begins;
+- the sweep's wall time, trials per minute, core-seconds per trial (everything, the sweep's
+  start and end included) and the trials each worker process ran.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vb_sweep.results import read_trials  # noqa: E402
 
-PARTS = {"startup_s": "worker start", "load_s": "data load", "tracking_s": "MLflow logging"}
+PARTS = {"imports_s": "imports", "load_s": "data load", "tracking_s": "MLflow logging"}
 
 
 def sweep_command(args) -> list[str]:
@@ -49,6 +53,7 @@ def breakdown(trials: pd.DataFrame) -> pd.DataFrame:
     for column, name in PARTS.items():
         figures[name] = trials[column]
     figures["other"] = figures["overhead"] - figures[list(PARTS.values())].sum(axis=1)
+    figures["worker start (before the lifetime)"] = trials["startup_s"]
     return figures.agg(["mean", "median"]).T
 
 

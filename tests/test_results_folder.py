@@ -3,7 +3,6 @@ with every trial read back exactly once, also after a merge cut short or a row r
 
 from __future__ import annotations
 
-import time
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -46,7 +45,8 @@ def test_many_one_trial_files_are_merged_into_one(tmp_path):
 
 def test_a_row_written_after_a_merge_replaces_the_merged_one(tmp_path):
     """A trial recorded again (its MLflow run id completed, or re-run with --retry-failed)
-    writes its one-trial file again: that file wins over the merge."""
+    writes its one-trial file again: that file wins over the merge, and the next merge, made
+    at once because the file repeats a merged trial, leaves plain pandas one row per trial."""
     ids = [write(tmp_path, index) for index in range(5)]
     compact_results(tmp_path, at_least=5)
     write(tmp_path, 3, ba=0.9)
@@ -54,10 +54,22 @@ def test_a_row_written_after_a_merge_replaces_the_merged_one(tmp_path):
     assert len(trials) == 5 and trials.set_index("trial_id").loc[ids[3], "ba"] == 0.9
     assert history[history["trial_id"] == ids[3]]["ba"].tolist() == [0.9, 0.9]
     assert len(history) == 10
-    time.sleep(1)  # a later merge gets a later name
-    compact_results(tmp_path, at_least=1)
-    assert len(files(tmp_path)) == 1
-    assert read_trials(tmp_path).set_index("trial_id").loc[ids[3], "ba"] == 0.9
+    write(tmp_path, 5)  # a new trial alone does not make a merge
+    assert compact_results(tmp_path) == 0 + 2 * 3  # ... but the repeated one does
+    assert files(tmp_path) == [f"{COMPACTED_PREFIX}000002.parquet"]
+    plain = pd.read_parquet(tmp_path / TRIALS_DIR)
+    assert len(plain) == 6 and plain.set_index("trial_id").loc[ids[3], "ba"] == 0.9
+
+
+def test_a_file_that_is_not_a_table_is_left_for_the_readers_to_report(tmp_path):
+    ids = [write(tmp_path, index) for index in range(4)]
+    (tmp_path / TRIALS_DIR / "notes.parquet").write_bytes(b"not parquet")
+    pd.DataFrame({"ba": [0.5]}).to_parquet(tmp_path / TRIALS_DIR / "foreign.parquet")
+    compact_results(tmp_path, at_least=4)
+    assert files(tmp_path) == [f"{COMPACTED_PREFIX}000001.parquet", "foreign.parquet",
+                               "notes.parquet"]
+    assert sorted(read_trials(tmp_path)["trial_id"]) == sorted(ids)  # skipped, with warnings
+    assert compact_results(tmp_path, at_least=4) == 0  # no re-reading for every later trial
 
 
 def test_a_merge_cut_short_loses_and_repeats_nothing(tmp_path):

@@ -18,13 +18,14 @@ import trial_overhead  # noqa: E402
 def test_overhead_is_lifetime_minus_compute_split_into_its_known_parts():
     trials = pd.DataFrame({"lifetime_s": [5.0, 2.0], "poison_s": [0.5, 0.1],
                            "victim_s": [0.5, 0.2], "beneficiary_s": [1.0, 0.7],
-                           "startup_s": [2.5, 0.0], "load_s": [0.1, 0.0],
-                           "tracking_s": [0.1, 0.1]})
+                           "startup_s": [2.5, 0.0], "imports_s": [1.5, 0.0],
+                           "load_s": [0.1, 0.0], "tracking_s": [0.1, 0.1]})
     table = trial_overhead.breakdown(trials)
     assert table.loc["compute", "mean"] == pytest.approx(1.5)
     assert table.loc["overhead", "mean"] == pytest.approx(2.0)  # (3.0 + 1.0) / 2
-    assert table.loc["worker start", "mean"] == pytest.approx(1.25)
-    assert table.loc["other", "mean"] == pytest.approx(2.0 - 1.25 - 0.05 - 0.1)
+    assert table.loc["imports", "mean"] == pytest.approx(0.75)
+    assert table.loc["other", "mean"] == pytest.approx(2.0 - 0.75 - 0.05 - 0.1)
+    assert table.loc["worker start (before the lifetime)", "mean"] == pytest.approx(1.25)
 
 
 def test_progress_is_read_from_the_last_recorded_line(tmp_path):

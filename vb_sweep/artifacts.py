@@ -56,7 +56,9 @@ class PreparedPoison:
 
 
 # -- the clean data and the attack ---------------------------------------------------------------
-@functools.lru_cache(maxsize=4)
+# Two datasets per process: a reused sweep worker keeps them across trials, so more would hold
+# memory a grid over several datasets never gives back (--fresh-workers when that matters).
+@functools.lru_cache(maxsize=2)
 def _load_data(dataset: str, root: str | None, train_per_class, test_per_class) -> DatasetSplits:
     return load_dataset(dataset, root, train_per_class=train_per_class,
                         test_per_class=test_per_class)

@@ -75,12 +75,14 @@ def reestimate_batchnorm(model, images: torch.Tensor, step: StepSettings, batch_
         layer.momentum = None  # a cumulative average over the pass
     was_training = model.training
     model.train()
-    with autocast(images.device.type, step):
-        for batch in images.split(batch_size):
-            model(step.normalize(batch))
-    for layer, momentum in zip(layers, momenta):
-        layer.momentum = momentum
-    model.train(was_training)
+    try:
+        with autocast(images.device.type, step):
+            for batch in images.split(batch_size):
+                model(step.normalize(batch))
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+        model.train(was_training)
     return model
 
 

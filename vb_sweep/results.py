@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -48,12 +47,13 @@ TRIAL_SCHEMA = pa.schema([
     ("poison_cached", pa.bool_()), ("victim_cached", pa.bool_()),
     ("mix_stage_cached", pa.bool_()),
     ("train_images_per_s", pa.float64()),
-    # A trial's fixed costs: loading the clean data (load_s), starting its worker process
-    # (startup_s: interpreter, imports, Ray; 0 for a worker's later trials, worker_trial > 1),
-    # the driver's MLflow logging of the finished trial (tracking_s), and Tune's start of the
-    # trial to its row (lifetime_s, retries included).
-    ("load_s", pa.float64()), ("startup_s", pa.float64()), ("worker_trial", pa.int64()),
-    ("tracking_s", pa.float64()), ("lifetime_s", pa.float64()),
+    # A trial's fixed costs: loading the clean data (load_s); starting its worker process
+    # (startup_s: interpreter, Ray, the actor, before Tune starts the trial) and importing the
+    # trial's code (imports_s), both about 0 in a worker's later trials (worker_trial > 1);
+    # the driver's MLflow logging of the finished trial (tracking_s); and Tune's start of the
+    # trial on its worker to its row (lifetime_s, retries included).
+    ("load_s", pa.float64()), ("startup_s", pa.float64()), ("imports_s", pa.float64()),
+    ("worker_trial", pa.int64()), ("tracking_s", pa.float64()), ("lifetime_s", pa.float64()),
     ("wall_s", pa.float64()), ("status", pa.string()), ("error", pa.string()),
     ("mlflow_run_id", pa.string()), ("device", pa.string()),
     ("precision", pa.string()),  # bf16 (autocast) or fp32
@@ -83,6 +83,8 @@ HISTORY_SCHEMA = pa.schema([
 ])
 
 HISTOGRAM_BINS = 20
+# The columns without which a file is not a table of its folder.
+TRIALS_REQUIRED, HISTORY_REQUIRED = ("trial_id", "status"), ("trial_id", "epoch")
 
 
 def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
@@ -133,8 +135,7 @@ def read_trials(out_dir: Path, strict: bool = False) -> pd.DataFrame:
     """Every trial row under ``out_dir``. A file that cannot be read as a trials table (corrupt,
     or of another schema) is skipped with a one-line warning, the rest are read; ``strict``
     (the analysis scripts' default) refuses it instead, so no table is silently partial."""
-    trials = read_table_folder(Path(out_dir) / TRIALS_DIR, TRIAL_SCHEMA, ("trial_id", "status"),
-                               strict)
+    trials = read_table_folder(Path(out_dir) / TRIALS_DIR, TRIAL_SCHEMA, TRIALS_REQUIRED, strict)
     # Rows written before finished_at was a timestamp hold it as text.
     trials["finished_at"] = pd.to_datetime(trials.get("finished_at"), utc=True, format="ISO8601")
     return trials
@@ -189,36 +190,67 @@ def read_table_folder(folder: Path, schema: pa.Schema, required: tuple[str, ...]
 
 def compact_results(out_dir: Path, at_least: int = COMPACT_AT) -> int:
     """Merge ``trials/`` and ``history/`` into one file each once either holds ``at_least``
-    one-trial files; returns how many files were merged. A folder with a file it cannot read
-    or bring to the current schema is left as it is, with a warning."""
+    one-trial files, or a one-trial file repeats a trial already merged (a rewritten row);
+    returns how many files were merged. A file that cannot be read as that table, or brought
+    to the current schema, stays as it is (the readers report it) with a warning."""
     merged = 0
-    for name, schema in ((HISTORY_DIR, HISTORY_SCHEMA), (TRIALS_DIR, TRIAL_SCHEMA)):
+    for name, schema, required in ((HISTORY_DIR, HISTORY_SCHEMA, HISTORY_REQUIRED),
+                                   (TRIALS_DIR, TRIAL_SCHEMA, TRIALS_REQUIRED)):
         folder = Path(out_dir) / name
         files = table_files(folder)
-        if sum(not path.name.startswith(COMPACTED_PREFIX) for path in files) < at_least:
+        singles = [path for path in files if not path.name.startswith(COMPACTED_PREFIX)]
+        if len(singles) < at_least and not repeats_merged_trial(folder, files, singles):
             continue
-        try:
-            tables = [conform(pq.read_table(path), schema) for path in files]
-        except Exception as err:  # noqa: BLE001 - keep the files; readers report them
-            skip_file(folder, f"not merged ({' '.join(str(err).split())[:120]})")
+        tables, sources, included = [], [], []
+        for path in files:
+            try:
+                table = conform(pq.read_table(path), schema, required)
+            except Exception as err:  # noqa: BLE001 - left in place; readers report it
+                skip_file(path, f"not merged ({' '.join(str(err).split())[:120]})")
+                continue
+            sources.append(np.full(len(table), len(tables)))
+            tables.append(table)
+            included.append(path)
+        if len(included) < 2:
             continue
-        sources = np.concatenate([np.full(len(table), rank) for rank, table in enumerate(tables)])
         combined = pa.concat_tables(tables)
         ids = combined["trial_id"].to_numpy(zero_copy_only=False)
-        combined = combined.filter(pa.array(from_latest_source(ids, sources)))
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-        target = folder / f"{COMPACTED_PREFIX}{stamp}-{os.getpid()}.parquet"
+        combined = combined.filter(pa.array(from_latest_source(ids, np.concatenate(sources))))
+        target = folder / f"{COMPACTED_PREFIX}{next_merge_number(files):06d}.parquet"
         write_table_atomically(combined, target)
-        for path in files:
-            if path != target:
-                path.unlink(missing_ok=True)
-        merged += len(files)
+        for path in included:
+            path.unlink(missing_ok=True)
+        merged += len(included)
     return merged
 
 
-def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+def next_merge_number(files: list[Path]) -> int:
+    """Merges are numbered, so their order does not depend on a clock."""
+    numbers = [int(path.stem[len(COMPACTED_PREFIX):]) for path in files
+               if path.name.startswith(COMPACTED_PREFIX)
+               and path.stem[len(COMPACTED_PREFIX):].isdigit()]
+    return max(numbers, default=0) + 1
+
+
+def repeats_merged_trial(folder: Path, files: list[Path], singles: list[Path]) -> bool:
+    """Whether a one-trial file (named by its trial id) holds a trial a merge also holds."""
+    merges = [path for path in files if path.name.startswith(COMPACTED_PREFIX)]
+    if not merges or not singles:
+        return False
+    try:
+        merged_ids = set(pq.read_table(merges[-1], columns=["trial_id"])["trial_id"].to_pylist())
+    except Exception:  # noqa: BLE001 - an unreadable merge is the readers' to report
+        return False
+    return any(path.stem in merged_ids for path in singles)
+
+
+def conform(table: pa.Table, schema: pa.Schema, required: tuple[str, ...]) -> pa.Table:
     """``table`` with exactly ``schema``'s columns: those it lacks (files written before they
-    existed) as nulls. A column the schema does not know raises (a newer writer's file)."""
+    existed) as nulls. A file without a ``required`` column, or with a column the schema does
+    not know (a newer writer's), raises."""
+    missing = [name for name in required if name not in table.column_names]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)} column")
     unknown = set(table.column_names) - set(schema.names)
     if unknown:
         raise ValueError(f"columns not in the schema: {sorted(unknown)}")
@@ -266,5 +298,5 @@ def at_reported_epoch(trials: pd.DataFrame, epoch: str = "last") -> pd.DataFrame
 
 def read_history(out_dir: Path, strict: bool = False) -> pd.DataFrame:
     """Every per-epoch record under ``out_dir`` (unreadable files as in ``read_trials``)."""
-    return read_table_folder(Path(out_dir) / HISTORY_DIR, HISTORY_SCHEMA, ("trial_id", "epoch"),
+    return read_table_folder(Path(out_dir) / HISTORY_DIR, HISTORY_SCHEMA, HISTORY_REQUIRED,
                              strict)

@@ -127,13 +127,18 @@ class WorkerProcess:
 
     @classmethod
     def start_trial(cls) -> dict:
-        """This trial's place in the worker: ``worker_trial`` (1 in a new process) and
-        ``startup_s``, the seconds from the process's start to its first trial (0 later)."""
+        """This trial's place in the worker: ``worker_trial`` (1 in a new process);
+        ``startup_s``, the seconds from the process's start to its first trial (interpreter,
+        Ray, the actor; 0 later); ``imports_s``, importing the trial's code (torch, the
+        defense; about 0 once a process has done it)."""
         import psutil
 
         cls.trials += 1
         startup = time.time() - psutil.Process().create_time() if cls.trials == 1 else 0.0
-        return {"worker_trial": cls.trials, "startup_s": startup}
+        started = time.perf_counter()
+        import vb_sweep.trial  # noqa: F401 - what a new process pays for, timed here
+        return {"worker_trial": cls.trials, "startup_s": startup,
+                "imports_s": time.perf_counter() - started}
 
 
 def sweep_trial(tune_config: dict) -> None:

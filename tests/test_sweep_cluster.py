@@ -222,21 +222,22 @@ def test_a_killed_drivers_local_cluster_leaves_no_process(background_script, tmp
     from conftest import wait_until
     from vb_sweep.sweep.reaper import _alive
 
+    def command(process) -> str:
+        """Its command line; a process that ended meanwhile (a zombie) has none."""
+        try:
+            return " ".join(process.cmdline())[:120]
+        except psutil.Error:
+            return ""
+
     log = tmp_path / "driver.log"
     driver = background_script("ablation.py", *TINY, "--out", str(tmp_path / "out"), log=log)
     wait_until(lambda: "sweep 'ablation-smoke'" in log.read_text(), "the local cluster up",
                processes=[driver])
     started = [process for process in psutil.Process(driver.pid).children(recursive=True)
-               if "vb_sweep.sweep.reaper" not in " ".join(process.cmdline())]
-    assert any("gcs_server" in process.name() for process in started), started
+               if "vb_sweep.sweep.reaper" not in command(process)]
+    assert any("gcs_server" in command(process) for process in started), started
     driver.kill()
     driver.wait()
-
-    def command(process) -> str:
-        try:
-            return " ".join(process.cmdline())[:120]
-        except psutil.Error:
-            return process.name()
 
     try:
         wait_until(lambda: not any(_alive(process) for process in started),

@@ -17,9 +17,9 @@ from typing import Callable
 import torch
 
 from vb_sweep.config import TrialConfig
-from vb_sweep.engine import (SSTSettings, StepSettings, autocast, mix_epoch, plain_epoch,
-                             sst_epoch)
+from vb_sweep.engine import SSTSettings, StepSettings, mix_epoch, plain_epoch, sst_epoch
 from vb_sweep.metrics import backdoor_metrics, filter_quality, predict
+from vb_sweep.models.batchnorm import reestimate_batchnorm
 from vb_sweep.results import HISTOGRAM_BINS
 from vb_sweep.victim import VictimState, VictimTrajectory
 
@@ -62,34 +62,11 @@ def evaluate(model, eval_set: EvalSet, step: StepSettings, batch_size: int) -> d
                             eval_set.target)
 
 
-@torch.no_grad()
-def reestimate_batchnorm(model, images: torch.Tensor, step: StepSettings, batch_size: int):
-    """Replace ``model``'s BatchNorm running statistics with ones estimated from ``images``
-    (uint8, not augmented), every batch weighted alike; the weights are untouched, and the
-    model is left in the mode it was in."""
-    layers = [module for module in model.modules()
-              if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
-    momenta = [layer.momentum for layer in layers]
-    for layer in layers:
-        layer.reset_running_stats()
-        layer.momentum = None  # a cumulative average over the pass
-    was_training = model.training
-    model.train()
-    try:
-        with autocast(images.device.type, step):
-            for batch in images.split(batch_size):
-                model(step.normalize(batch))
-    finally:
-        for layer, momentum in zip(layers, momenta):
-            layer.momentum = momentum
-        model.train(was_training)
-    return model
-
-
 def clean_batchnorm_copy(model, images: torch.Tensor, step: StepSettings, batch_size: int):
     """A copy of ``model`` (same weights) whose BatchNorm running statistics are re-estimated
     from ``images``; in eval mode."""
-    return reestimate_batchnorm(copy.deepcopy(model), images, step, batch_size).eval()
+    return reestimate_batchnorm(copy.deepcopy(model), images, step.normalize, batch_size,
+                                step.autocast_dtype).eval()
 
 
 def clean_batchnorm_metrics(model, data: "BeneficiaryData", eval_set: EvalSet,
@@ -197,7 +174,8 @@ def run_beneficiary(config: TrialConfig, model, data: BeneficiaryData, eval_set:
         train_seconds = time.perf_counter() - started
         if config.sst_batchnorm == "credible" and stage_of(config, epoch) == "sst":
             credible = ~trajectory.state_for(epoch).suspicious.to(data.images.device)
-            reestimate_batchnorm(model, data.images[credible], step, config.batch_size)
+            reestimate_batchnorm(model, data.images[credible], step.normalize, config.batch_size,
+                                 step.autocast_dtype)
         record = {"epoch": epoch, "stage": stage_of(config, epoch), "lr": lr, "loss": stats.loss,
                   **evaluate(model, eval_set, step, config.eval_batch_size),
                   "seconds": time.perf_counter() - started,

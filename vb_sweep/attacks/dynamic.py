@@ -50,6 +50,7 @@ from vb_sweep.data.base import ImageDataset
 from vb_sweep.data.stats import channel_stats
 from vb_sweep.errors import ConfigError, check_choice, check_number
 from vb_sweep.models import MODELS_VERSION
+from vb_sweep.models.batchnorm import reestimate_batchnorm
 
 EPSILON = 1e-7
 GENERATOR_STEPS = 3  # down/up-sampling steps: images must be divisible by 2**3
@@ -343,26 +344,16 @@ def train_pattern_stage(pattern_gen: nn.Module, mask_gen: nn.Module, classifier:
     return history
 
 
-@torch.no_grad()
 def recalibrate_batch_norm(module: nn.Module, images: torch.Tensor, normalize: Normalizer,
                            batch_size: int) -> None:
-    """Recompute BatchNorm running statistics as exact averages over the training images.
+    """Recompute BatchNorm running statistics as exact averages over the training images, and
+    leave the generator in eval mode.
 
     The generators run in eval mode after their stage (M during the pattern stage, both when
     poisoning), where BN uses running statistics. With momentum 0.05 these lag the weights by
     ~20 steps: harmless after the authors' ~10,000 steps, but after the few dozen of a smoke
     budget eval-mode masks come out much larger and blurrier than trained ones."""
-    norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
-    momenta = [m.momentum for m in norms]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average
-    module.train()
-    for batch in images.split(batch_size):
-        module(normalize(batch))
-    for norm, momentum in zip(norms, momenta):
-        norm.momentum = momentum
-    module.eval()
+    reestimate_batchnorm(module, images, normalize, batch_size).eval()
 
 
 def triggered(pattern_gen: nn.Module, mask_gen: nn.Module, inputs: torch.Tensor,

@@ -538,3 +538,15 @@ def test_schedule_curve_figure_renders_from_the_folders_together(schedule_result
     assert plots.render_schedule_curves(tables.load_trials(schedule_results[0]), tmp_path,
                                         notes.append) == []
     assert notes and "two or more schedule lengths" in notes[0]
+
+
+def test_plots_command_draws_the_schedule_curve_from_several_folders(schedule_results,
+                                                                    tmp_path, capsys):
+    folders = [str(folder) for folder in schedule_results]
+    assert plots.main([*folders, "--out", str(tmp_path / "figures")]) == 0
+    assert (tmp_path / "figures" / "schedule_curve_badnets.png").exists()
+    assert plots.main([folders[0], "--out", str(tmp_path / "one")]) == 0
+    assert not (tmp_path / "one" / "schedule_curve_badnets.png").exists()
+    notes = []  # a folder given twice: its trials are read once
+    plots.render_all([schedule_results[0]] * 2, tmp_path / "twice", note=notes.append)
+    assert any("also in an earlier folder" in line for line in notes)

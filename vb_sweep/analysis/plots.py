@@ -1,8 +1,9 @@
 """Figures from a results folder, each saved as PNG and SVG.
 
-    python analysis/plots.py RESULTS_DIR --out FIGDIR [--trial ID] [--split N]
+    python analysis/plots.py RESULTS_DIR [RESULTS_DIR ...] --out FIGDIR [--trial ID] [--split N]
 
     render_all(results_dir, fig_dir)                  # every figure whose data exists
+    render_all([dir_20, dir_200], fig_dir)            # several folders read as one table
     fig = entropy_histogram_figure(history, trial_id) # or any *_figure; None when no data
     save_figure(fig, fig_dir, "name")                 # -> [name.png, name.svg]
 
@@ -10,7 +11,8 @@ Figures: variant_bars (BA/ASR per variant and attack), entropy_histogram_<attack
 Figure 1: normalised entropy of poisoned vs benign training samples at one split),
 filter_quality_<attack> (precision/recall and set sizes over the splits), thresholds_<...>
 (t_f x t_m heatmaps of BA and ASR), schedule_curve_<attack> (each variant's BA against no
-defense's, and its ASR, over the schedule lengths of a sweep run with several --epochs),
+defense's, and its ASR, over the schedule lengths of a sweep run with several --epochs, or of
+several folders given together),
 pareto_front (the Optuna search's front over all trials).
 Figures are built with matplotlib's object API (no pyplot state), rendered by Agg.
 """
@@ -544,45 +546,87 @@ def render_optuna_figures(results_dir: Path, out_dir: Path, note: Note) -> list[
     return written
 
 
-def render_all(results_dir: str | Path, out_dir: str | Path, trial_id: str | None = None,
+def render_all(results_dirs: str | Path | list, out_dir: str | Path, trial_id: str | None = None,
                split: int = -1, note: Note = print, skip_unreadable: bool = False) -> list[Path]:
-    """Every figure whose data is in ``results_dir``; ``note`` gets a line per skipped one.
-    Every input is checked before the first figure is written."""
-    results_dir, out_dir = Path(results_dir), Path(out_dir)
-    if not results_dir.is_dir():
-        raise FileNotFoundError(f"results folder not found: {results_dir}")
+    """Every figure whose data is in ``results_dirs`` (one folder, or several read as one
+    table: sweeps of one grid at several schedule lengths give one schedule curve); ``note``
+    gets a line per skipped one. Every input is checked before the first figure is written."""
+    folders = [Path(folder) for folder in (
+        results_dirs if isinstance(results_dirs, (list, tuple)) else [results_dirs])]
+    out_dir = Path(out_dir)
+    for folder in folders:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"results folder not found: {folder}")
     check_folder("--out", out_dir)
-    trials = read_trials(results_dir, strict=not skip_unreadable)
-    history = read_history(results_dir, strict=not skip_unreadable)
-    if trials.empty and not (results_dir / PARETO_FILE).exists():
-        raise FileNotFoundError(f"nothing to plot under {results_dir}: no trial rows in trials/ "
-                                f"and no {PARETO_FILE} (the --out folder of a sweep)")
+    trials, history = read_folders(folders, skip_unreadable, note)
+    pareto = [(folder, read_pareto(folder)) for folder in folders]
+    pareto = [(folder, front) for folder, front in pareto if front is not None]
+    if trials.empty and not pareto:
+        raise FileNotFoundError(f"nothing to plot under {', '.join(map(str, folders))}: no "
+                                f"trial rows in trials/ and no {PARETO_FILE} (the --out folder "
+                                "of a sweep)")
     if trial_id is not None and trial_id not in set(trials["trial_id"]):
         raise FileNotFoundError(f"invalid --trial: {trial_id!r} (allowed: a trial_id of "
-                                f"{results_dir / 'trials'}, e.g. {trials['trial_id'].iloc[0]})")
+                                f"{folders[0] / 'trials'}, e.g. {trials['trial_id'].iloc[0]})")
     for _, shown_id, _ in trials_to_show(trials, history, trial_id):
         check_split(history, shown_id, split)
-    pareto = read_pareto(results_dir)
+    search_folder = one_search_folder(folders, [folder for folder, _ in pareto], note)
+    front = dict(pareto).get(search_folder)
     return (render_variant_bars(trials, out_dir, note)
             + render_schedule_curves(trials, out_dir, note)
             + render_trial_figures(trials, history, out_dir, note, trial_id, split)
-            + render_threshold_figures(results_dir, trials, out_dir, note)
-            + render_pareto_front(pareto, trials, out_dir, note))
+            + render_threshold_figures(search_folder, trials, out_dir, note)
+            + render_pareto_front(front, trials, out_dir, note))
 
 
-def render_threshold_figures(results_dir: Path, trials: pd.DataFrame, out_dir: Path,
+def read_folders(folders: list[Path], skip_unreadable: bool,
+                 note: Note) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The trials and history of every folder as one table each. A trial found in several
+    folders (the same settings run twice) is taken from the first that has it."""
+    trials, history, seen = [], [], set()
+    for folder in folders:
+        rows = read_trials(folder, strict=not skip_unreadable)
+        epochs = read_history(folder, strict=not skip_unreadable)
+        if not rows.empty and rows["trial_id"].isin(seen).any():
+            note(f"{folder}: {int(rows['trial_id'].isin(seen).sum())} trial(s) also in an "
+                 "earlier folder, taken from there")
+            rows = rows[~rows["trial_id"].isin(seen)]
+        if not epochs.empty:
+            epochs = epochs[~epochs["trial_id"].isin(seen)]
+        seen |= set(rows["trial_id"]) if not rows.empty else set()
+        trials.append(rows)
+        history.append(epochs)
+    if len(folders) == 1:
+        return trials[0], history[0]
+    return pd.concat(trials, ignore_index=True), pd.concat(history, ignore_index=True)
+
+
+def one_search_folder(folders: list[Path], with_front: list[Path], note: Note) -> Path | None:
+    """The folder whose threshold search (study, Pareto front) the figures show: the only one
+    that holds a search; with several, none of them (each is drawn on its own)."""
+    searches = [folder for folder in folders
+                if folder in with_front or search_study(folder) is not None]
+    if len(searches) > 1:
+        note(f"skipped the searches' figures: {len(searches)} folders hold a threshold search "
+             "(draw each folder on its own)")
+        return None
+    return searches[0] if searches else (folders[0] if len(folders) == 1 else None)
+
+
+def render_threshold_figures(results_dir: Path | None, trials: pd.DataFrame, out_dir: Path,
                              note: Note) -> list[Path]:
     """A threshold search: Optuna's own views of its study. Any other grid with several
     (t_f, t_m): the BA/ASR heatmaps over them."""
-    if search_study(results_dir) is not None:
+    if results_dir is not None and search_study(results_dir) is not None:
         return render_optuna_figures(results_dir, out_dir, note)
     return render_threshold_heatmaps(blank_unused_settings(trials), out_dir, note)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineErrorParser(prog="plots.py", description=__doc__.splitlines()[0])
-    parser.add_argument("results_dir", metavar="RESULTS_DIR", type=Path,
-                        help="a sweep's output folder (holds trials/ and history/)")
+    parser.add_argument("results_dirs", metavar="RESULTS_DIR", type=Path, nargs="+",
+                        help="a sweep's output folder (holds trials/ and history/); several "
+                             "are read as one table (e.g. one sweep per schedule length)")
     parser.add_argument("--out", type=Path, required=True, metavar="FIGDIR",
                         help="folder for the PNG and SVG files")
     parser.add_argument("--trial", default=None, metavar="ID",
@@ -595,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
                              "of refusing to draw without it")
     args = parser.parse_args(argv)
     try:
-        written = render_all(args.results_dir, args.out, args.trial, args.split,
+        written = render_all(args.results_dirs, args.out, args.trial, args.split,
                              skip_unreadable=args.skip_unreadable)
     except (FileNotFoundError, IndexError, ConfigError) as err:
         print(f"plots.py: error: {err}", file=sys.stderr, flush=True)
@@ -603,7 +647,8 @@ def main(argv: list[str] | None = None) -> int:
     for path in written:
         print(path)
     if not written:
-        print(f"no figures written: nothing to plot under {args.results_dir}")
+        print("no figures written: nothing to plot under "
+              f"{', '.join(map(str, args.results_dirs))}")
     return 0
 
 

@@ -8,6 +8,9 @@ prints a report that it also writes as JSON (OUT/gpu_check.json):
 - the device, torch and CUDA versions, the precision and memory format the trials use;
 - the bare model's train and no-grad images/s at the paper preset's batch size and larger ones,
   and each stage's images/s and overhead share against it (experiments/benchmark.py's method);
+- each engine option against the default engine (NCHW layout, torch.compile, the foreach and
+  fused optimizer kernels): the bare model's train and evaluation images/s, their speedups, and
+  the seconds of the first passes (a compilation's included), to tell which to turn on there;
 - a short `paper`-preset trial (poisoning, Victim, mix stage, SST stage, evaluation) on generated
   data (50,000 images on a GPU), its schedule cut by the preset's own scaling, with its stage
   timings, a check that no history value is NaN, and its row;
@@ -40,7 +43,8 @@ from vb_sweep.artifacts import load_trial_data  # noqa: E402
 from vb_sweep.cache import ArtifactCache  # noqa: E402
 from vb_sweep.config import preset_config, scaled_schedule  # noqa: E402
 from vb_sweep.device import autocast_dtype, precision_name  # noqa: E402
-from experiments.throughput import EVAL, STEP, BareModel, stage_figures, timed  # noqa: E402
+from experiments.throughput import (EVAL, STEP, BareModel, engine_option_lines,  # noqa: E402
+                                    engine_option_rates, stage_figures, timed)
 from vb_sweep.trial import run_trial  # noqa: E402
 from vb_sweep.victim import updates_after_epochs  # noqa: E402
 
@@ -74,7 +78,9 @@ def environment(device: str, config) -> dict:
             or platform.machine(),
             "device_type": "cuda" if cuda else "cpu", "torch": torch.__version__,
             "cuda": torch.version.cuda, "precision": precision_name(config.amp, device),
-            "memory_format": "channels_last", "threads": torch.get_num_threads(),
+            "memory_format": "channels_last" if config.channels_last else "contiguous",
+            "compile": config.compile, "optimizer_kernel": config.optimizer_kernel,
+            "threads": torch.get_num_threads(),
             "model": config.model}
 
 
@@ -82,7 +88,8 @@ def bare_model_rates(config, device: str, batches, seconds: float) -> list[dict]
     from vb_sweep.device import place_model
     from vb_sweep.models import build_model
 
-    model = place_model(build_model(config.model, 10), device)
+    model = place_model(build_model(config.model, 10), device, config.channels_last,
+                        config.compile)
     bare = BareModel(model, (3, 32, 32), device, autocast_dtype(config.amp, device), seconds)
     return [{"batch": batch, "train_images_per_s": bare.rate(batch, STEP),
              "eval_images_per_s": bare.rate(batch, EVAL)} for batch in batches]
@@ -151,14 +158,16 @@ def worker(args) -> int:
     """One of several concurrent processes: mix-stage epochs for ``--seconds`` from a common
     start time; prints its images/s as JSON."""
     from vb_sweep.artifacts import step_settings
+    from vb_sweep.defense import beneficiary_optimizer
     from vb_sweep.device import place_model
     from vb_sweep.engine import mix_epoch
     from vb_sweep.models import build_model
 
     config = check_config(args.device, args.model, args.images, 2)
     data = load_trial_data(config)
-    model = place_model(build_model(config.model, data.train.num_classes), args.device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model = place_model(build_model(config.model, data.train.num_classes), args.device,
+                        config.channels_last, config.compile)
+    optimizer = beneficiary_optimizer(model, config)
     step = step_settings(config, data, args.device, config.batch_size, config.crop_padding)
     images = data.train.images.to(args.device)
     labels = data.train.labels.to(args.device)
@@ -222,6 +231,7 @@ def report_lines(report: dict) -> list[str]:
     for bare in report["bare_model"]:
         lines.append(f"bare model, batch {bare['batch']}: train {bare['train_images_per_s']:.0f}"
                      f" img/s, no-grad {bare['eval_images_per_s']:.0f} img/s")
+    lines.extend(engine_option_lines(report["engine_options"]))
     for stage in report["stages"]["stages"]:
         lines.append(f"{stage['stage']:<18} {stage['images_per_s']:>9.0f} img/s  overhead "
                      f"{stage['overhead']:.1%}")
@@ -284,6 +294,8 @@ def main(argv=None) -> int:
     print(environment_line(report["environment"]), flush=True)
     report["bare_model"] = bare_model_rates(config, args.device, args.size["batches"],
                                             args.seconds)
+    report["engine_options"] = engine_option_rates(config, args.device, args.seconds)
+    print("\n".join(engine_option_lines(report["engine_options"])), flush=True)
     report["stages"] = stage_figures(config, data, args.device, args.seconds)
     trial = short_trial(config, args.device)
     report["trial"] = {"images": len(data.train), "epochs": config.epochs, **trial}

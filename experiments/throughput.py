@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from statistics import median
 
 import torch
 import torch.nn.functional as F
 
-from vb_sweep.artifacts import step_settings
+from vb_sweep.artifacts import ENGINE_DEFAULTS, step_settings
 from vb_sweep.attacks import build_attack
 from vb_sweep.config import TrialConfig
 from vb_sweep.defense import beneficiary_optimizer
 from vb_sweep.engine import SSTSettings, mix_epoch, plain_epoch, sst_epoch, unlabeled_batch_size
 from vb_sweep.metrics import iterate_logits
-from vb_sweep.device import place_model
+from vb_sweep.device import autocast_dtype, place_model
 from vb_sweep.models import build_model
 from vb_sweep.victim import prediction_entropy
 
@@ -147,6 +148,57 @@ class BareModel:
         return run_pass
 
 
+# Each engine option against the default engine (TrialConfig's engine fields).
+ENGINE_VARIANTS = {"default": {}, "NCHW layout": {"channels_last": False},
+                   "torch.compile": {"compile": True},
+                   "foreach optimizer": {"optimizer_kernel": "foreach"},
+                   "fused optimizer": {"optimizer_kernel": "fused"}}
+
+
+def engine_option_rates(config, device: str, seconds: float = 2.0, rounds: int = 3) -> list[dict]:
+    """The bare model's training and evaluation images/s (the config's batch sizes) with the
+    default engine and with each of ``ENGINE_VARIANTS``, and the seconds their first passes
+    take (a compile's included). The variants are measured in turn, ``rounds`` times, and the
+    median round is kept, so a machine whose speed drifts slows them alike. Speedups are
+    against the first variant, the default engine."""
+    variants = []
+    for name, changes in ENGINE_VARIANTS.items():
+        variant = config.replace(**{**ENGINE_DEFAULTS, **changes})
+        torch.manual_seed(0)
+        model = place_model(build_model(variant.model, 10), device, variant.channels_last,
+                            variant.compile)
+        bare = BareModel(model, (3, 32, 32), device, autocast_dtype(variant.amp, device),
+                         seconds / rounds, config=variant)
+        first = timed(lambda: [bare.bare_pass(config.batch_size, STEP),
+                               bare.bare_pass(config.eval_batch_size, EVAL)], device)
+        variants.append((name, changes, bare, first))
+    measured = {name: {STEP: [], EVAL: []} for name, *_ in variants}
+    for _ in range(rounds):
+        for name, _, bare, _ in variants:
+            for mode, batch in ((STEP, config.batch_size), (EVAL, config.eval_batch_size)):
+                bare.rates.clear()
+                measured[name][mode].append(bare.rate(batch, mode))
+    rows = [{"option": name, "changes": changes, "first_passes_s": first,
+             "train_images_per_s": median(measured[name][STEP]),
+             "eval_images_per_s": median(measured[name][EVAL])}
+            for name, changes, _, first in variants]
+    torch._dynamo.reset()  # nothing stays compiled after the measurement
+    for row in rows:
+        row["train_speedup"] = row["train_images_per_s"] / rows[0]["train_images_per_s"]
+        row["eval_speedup"] = row["eval_images_per_s"] / rows[0]["eval_images_per_s"]
+    return rows
+
+
+def engine_option_lines(rows: list[dict]) -> list[str]:
+    lines = [f"  {'engine option':<20} {'train img/s':>12} {'speedup':>8} {'eval img/s':>11} "
+             f"{'speedup':>8} {'first passes':>13}"]
+    for row in rows:
+        lines.append(f"  {row['option']:<20} {row['train_images_per_s']:>12.0f} "
+                     f"{row['train_speedup']:>7.2f}x {row['eval_images_per_s']:>11.0f} "
+                     f"{row['eval_speedup']:>7.2f}x {row['first_passes_s']:>12.1f}s")
+    return lines
+
+
 def stage_figure(name: str, seconds: float, images: int, model_seconds: float) -> dict:
     return {"stage": name, "seconds": seconds, "images_per_s": images / seconds,
             "model_share": min(1.0, model_seconds / seconds),
@@ -177,7 +229,8 @@ def stage_figures(config, data, device: str, bare_seconds: float = 2.0,
     images, labels = poisoned.images.to(device), poisoned.labels.to(device)
     n, classes = labels.numel(), data.train.num_classes
     torch.manual_seed(0)
-    model = place_model(build_model(config.model, classes), device)
+    model = place_model(build_model(config.model, classes), device, config.channels_last,
+                        config.compile)
     step = step_settings(config, data, device, config.batch_size, config.crop_padding)
     victim_step = step_settings(config, data, device, config.victim_batch_size, None)
     bare = BareModel(model, tuple(images.shape[1:]), device, step.autocast_dtype, bare_seconds,

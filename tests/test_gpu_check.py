@@ -32,6 +32,13 @@ def test_cpu_mode_writes_its_report_without_ray_or_mlflow(tmp_path):
     assert report["environment"]["device_type"] == "cpu"
     assert report["environment"]["precision"] in ("fp32", "bf16")
     assert [b["batch"] for b in report["bare_model"]] == [32, 64]
+    options = report["engine_options"]
+    assert [row["option"] for row in options] == ["default", "NCHW layout", "torch.compile",
+                                                  "foreach optimizer", "fused optimizer"]
+    assert options[0]["train_speedup"] == 1.0
+    assert all(row["train_images_per_s"] > 0 and row["eval_images_per_s"] > 0
+               for row in options)
+    assert "torch.compile" in done.stdout
     assert {s["stage"] for s in report["stages"]["stages"]} == {
         "entropy pass", "victim epoch", "plain epoch", "attentionmix epoch", "sst epoch"}
     trial = report["trial"]

@@ -84,3 +84,26 @@ def test_a_stage_slower_than_its_bare_passes_shows_the_difference_as_overhead():
 
     figure = bare.timed_stage("sleepy", stage, 16, [(16, STEP)])
     assert figure["seconds"] >= 0.2 and figure["overhead"] > 0.5
+
+
+def test_breakdown_times_every_part_of_a_whole_trial(capsys):
+    """benchmark.py --breakdown: the trial's sections, nested as in the code, their own time
+    adding up to the trial's wall time, and the engine options it ran with."""
+    from experiments import benchmark
+
+    tiny = ["train_per_class=12", "test_per_class=6", "warm_up=2", "batch_size=32",
+            "victim_batch_size=32", "epochs=2", "mix_epochs=1", "lr_milestones=[1]",
+            "lambda_u_switch=1", "min_unlabeled_batch=1"]
+    assert benchmark.main(["--preset", "smoke", "--breakdown", "--set", *tiny]) == 0
+    printed = capsys.readouterr().out
+    assert "engine options: precision" in printed and "channels_last=True" in printed
+    for part in ("victim", "entropy pass", "mix epoch", "attention (no-grad)", "sst epoch",
+                 "pseudo-labels (no-grad)", "backward", "evaluation", "trial wall time",
+                 "victim: forward"):
+        assert part in printed, part
+    table = printed[printed.index("section (own time)"):printed.index("trial wall time")]
+    rows = [line.split() for line in table.splitlines()[1:] if line.strip()]
+    own_seconds = sum(float(row[-3]) for row in rows if row[-1].isdigit())
+    outside = float(rows[-1][-2])  # the last row: outside every section (seconds, share)
+    wall = float(printed[printed.index("trial wall time"):].split()[3])
+    assert own_seconds + outside == pytest.approx(wall, abs=0.05 * len(rows) + 0.1)

@@ -31,10 +31,11 @@ from vb_sweep.config import TrialConfig
 from vb_sweep.data import DatasetSplits, load_dataset
 from vb_sweep.data.stats import channel_stats
 from vb_sweep.defense import BeneficiaryData, EvalSet, run_beneficiary
-from vb_sweep.device import (autocast_dtype, place_model, precision_name, resolve_device,
-                             seed_everything)
+from vb_sweep.device import (autocast_dtype, optimizer_kernel_args, place_model, precision_name,
+                             resolve_device, seed_everything)
 from vb_sweep.engine import StepSettings
 from vb_sweep.models import MODELS_VERSION, build_model
+from vb_sweep.timing import timed_section
 from vb_sweep.victim import VICTIM_ARTIFACT_VERSION, VictimSettings, VictimTrajectory, run_victim
 
 # Part of the mix stage's cache key: bump when how the Beneficiary trains or is evaluated changes.
@@ -97,13 +98,21 @@ def new_network(config: TrialConfig, data: DatasetSplits, role: str, device: str
     architectures = {"victim": config.victim_network, "beneficiary": config.model}
     for drawn in NETWORK_ORDER[:NETWORK_ORDER.index(role) + 1]:
         model = build_model(architectures[drawn], data.train.num_classes)
-    return place_model(model, device)
+    return place_model(model, device, config.channels_last, config.compile)
+
+
+# How the networks run, with the value that every artifact built before the field existed used.
+ENGINE_DEFAULTS = {"channels_last": True, "compile": False, "optimizer_kernel": "default"}
 
 
 def numerics(config: TrialConfig, device: str) -> dict:
-    """What besides the settings changes a trained artifact's numbers."""
+    """What besides the settings changes a trained artifact's numbers. The engine options
+    enter only where they differ from their defaults, so artifacts cached before they existed
+    are still found."""
+    engine = {name: getattr(config, name) for name, default in ENGINE_DEFAULTS.items()
+              if getattr(config, name) != default}
     return {"device_type": torch.device(device).type,
-            "precision": precision_name(config.amp, device), "models": MODELS_VERSION}
+            "precision": precision_name(config.amp, device), "models": MODELS_VERSION, **engine}
 
 
 # -- 1. the poisoned set ------------------------------------------------------------------------
@@ -120,6 +129,7 @@ def prepare_poisoned_set(config: TrialConfig, cache: ArtifactCache,
     parts = poison_cache_parts(config, data)
     cached = cache.contains("poison", parts)
 
+    @timed_section("poison")
     def build() -> PreparedPoison:
         started = time.perf_counter()
         attack = make_attack(config, data)
@@ -145,6 +155,13 @@ def victim_cache_parts(config: TrialConfig, data: DatasetSplits, device: str) ->
             **numerics(config, device), **{name: values[name] for name in VICTIM_FIELDS}}
 
 
+def victim_optimizer(model, config: TrialConfig) -> torch.optim.Adam:
+    """The Victim's Adam (docs/method.md section 1), in the config's update kernel."""
+    return torch.optim.Adam(model.parameters(), lr=config.victim_lr,
+                            weight_decay=config.victim_weight_decay,
+                            **optimizer_kernel_args(config.optimizer_kernel))
+
+
 def prepare_victim(config: TrialConfig, cache: ArtifactCache, device: str | None = None,
                    on_split: Callable | None = None) -> tuple[VictimTrajectory, bool]:
     """The Victim's whole trajectory from the cache, computed on a miss."""
@@ -155,11 +172,14 @@ def prepare_victim(config: TrialConfig, cache: ArtifactCache, device: str | None
 
     def build() -> VictimTrajectory:
         poison, _ = prepare_poisoned_set(config, cache, device)
+        return build_trajectory(poison)
+
+    @timed_section("victim")
+    def build_trajectory(poison: PreparedPoison) -> VictimTrajectory:
         started = time.perf_counter()
         seed_everything(config.seed)
         model = new_network(config, data, "victim", device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.victim_lr,
-                                     weight_decay=config.victim_weight_decay)
+        optimizer = victim_optimizer(model, config)
         step = step_settings(config, data, device, batch_size=config.victim_batch_size,
                              padding=None)
         settings = VictimSettings(config.t_f, config.warm_up, config.warm_up_step,

@@ -14,7 +14,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from vb_sweep.errors import MAX_SEED, ConfigError, check_choice, check_fraction, check_number
+from vb_sweep.errors import (MAX_SEED, ConfigError, check_choice, check_flag, check_fraction,
+                             check_number)
 from vb_sweep.presets import PRESETS, RUN_PRESETS, scaled_schedule
 from vb_sweep.variants import VariantFlags, variant_flags, variant_names
 
@@ -35,6 +36,10 @@ SST_BATCHNORM = ("running", "credible")
 # Images per class at most: above every real dataset's (CIFAR-10 5,000, GTSRB 2,250), and the
 # generated data at this size already takes 1.8 GB of uint8 images.
 MAX_PER_CLASS = 60_000
+# The optimisers' update kernels (torch.optim's implementations of the same update): "default",
+# torch's own choice; "for-loop", one parameter at a time; "foreach", all parameters in a few
+# multi-tensor ops; "fused", one fused kernel (docs/benchmarks.md measures them).
+OPTIMIZER_KERNELS = ("default", "for-loop", "foreach", "fused")
 DEVICES = "auto | cpu | cuda | cuda:N"
 
 
@@ -104,6 +109,11 @@ class TrialConfig:
     # whose BatchNorm running statistics are re-estimated on the clean training images
     # (history columns *_clean_bn), to tell the running statistics' part in BA from the weights'.
     batchnorm_diagnostic: bool = False
+    # How the networks run, without changing what they compute (docs/benchmarks.md "Engine
+    # options": measured on CPUs and GPUs, and each one's equivalence test).
+    channels_last: bool = True             # the networks' weights and activations in NHWC
+    compile: bool = False                  # torch.compile every network of the trial
+    optimizer_kernel: str = "default"      # OPTIMIZER_KERNELS
 
     # ---------------------------------------------------------------------------------------
     @property
@@ -173,8 +183,10 @@ class TrialConfig:
                      ATTENTION_INTERPOLATIONS)
         check_choice("batchnorm_passes", self.batchnorm_passes, BATCHNORM_PASSES)
         check_choice("sst_batchnorm", self.sst_batchnorm, SST_BATCHNORM)
-        for name in ("amp", "share_mix_stage", "batchnorm_diagnostic"):
-            check_choice(name, getattr(self, name), (True, False))
+        check_choice("optimizer_kernel", self.optimizer_kernel, OPTIMIZER_KERNELS)
+        for name in ("amp", "share_mix_stage", "batchnorm_diagnostic", "channels_last",
+                     "compile"):
+            check_flag(name, getattr(self, name))
         check_number("seed", self.seed, integer=True, minimum=0, maximum=MAX_SEED)
         check_number("target", self.target, integer=True, minimum=0,
                      maximum=NUM_CLASSES[self.dataset] - 1)

@@ -17,10 +17,12 @@ from typing import Callable
 import torch
 
 from vb_sweep.config import TrialConfig
+from vb_sweep.device import optimizer_kernel_args
 from vb_sweep.engine import SSTSettings, StepSettings, mix_epoch, plain_epoch, sst_epoch
 from vb_sweep.metrics import backdoor_metrics, filter_quality, predict
 from vb_sweep.models.batchnorm import reestimate_batchnorm
 from vb_sweep.results import HISTOGRAM_BINS
+from vb_sweep.timing import section
 from vb_sweep.victim import VictimState, VictimTrajectory
 
 
@@ -130,9 +132,50 @@ def train_one_epoch(config, epoch, model, optimizer, data: BeneficiaryData,
 
 def beneficiary_optimizer(model, config: TrialConfig) -> torch.optim.SGD:
     """The Beneficiary's SGD (docs/method.md section 2) with the config's lr, momentum and
-    weight decay."""
+    weight decay, in the config's update kernel."""
     return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay)
+                           weight_decay=config.weight_decay,
+                           **optimizer_kernel_args(config.optimizer_kernel))
+
+
+def beneficiary_epoch(config: TrialConfig, epoch: int, model, optimizer, data: BeneficiaryData,
+                      eval_set: EvalSet, trajectory: VictimTrajectory | None,
+                      step: StepSettings) -> dict:
+    """Train one epoch at its learning rate, evaluate, and return the epoch's history record."""
+    lr = learning_rate(config, epoch)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    started = time.perf_counter()
+    stats = train_one_epoch(config, epoch, model, optimizer, data, trajectory, step)
+    if not math.isfinite(stats.loss):
+        raise FloatingPointError(f"the training loss is {stats.loss} in epoch {epoch} "
+                                 f"(stage {stage_of(config, epoch)}, lr {lr:g}): the run "
+                                 "diverged")
+    train_seconds = time.perf_counter() - started
+    if config.sst_batchnorm == "credible" and stage_of(config, epoch) == "sst":
+        with section("batchnorm re-estimation"):
+            credible = ~trajectory.state_for(epoch).suspicious.to(data.images.device)
+            reestimate_batchnorm(model, data.images[credible], step.normalize,
+                                 config.batch_size, step.autocast_dtype)
+    with section("evaluation"):
+        metrics = evaluate(model, eval_set, step, config.eval_batch_size)
+    record = {"epoch": epoch, "stage": stage_of(config, epoch), "lr": lr, "loss": stats.loss,
+              **metrics, "seconds": time.perf_counter() - started,
+              "images_per_s": stats.images / max(train_seconds, 1e-9)}
+    if config.batchnorm_diagnostic:
+        with section("batchnorm diagnostic"):
+            record.update(clean_batchnorm_metrics(model, data, eval_set, step, config))
+    if trajectory is not None:
+        record.update(split_record(trajectory.state_for(epoch), data.poisoned))
+    return record
+
+
+def checkpoint_state(epoch: int, model, optimizer, history: list[dict]) -> dict:
+    """What resumes a Beneficiary after ``epoch``: weights, optimizer, random state, history."""
+    return {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "cpu_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+            "history": history}
 
 
 def run_beneficiary(config: TrialConfig, model, data: BeneficiaryData, eval_set: EvalSet,
@@ -162,36 +205,13 @@ def run_beneficiary(config: TrialConfig, model, data: BeneficiaryData, eval_set:
 
     last_epoch = config.epochs if last_epoch is None else last_epoch
     for epoch in range(first_epoch, last_epoch + 1):
-        lr = learning_rate(config, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        started = time.perf_counter()
-        stats = train_one_epoch(config, epoch, model, optimizer, data, trajectory, step)
-        if not math.isfinite(stats.loss):
-            raise FloatingPointError(f"the training loss is {stats.loss} in epoch {epoch} "
-                                     f"(stage {stage_of(config, epoch)}, lr {lr:g}): the run "
-                                     "diverged")
-        train_seconds = time.perf_counter() - started
-        if config.sst_batchnorm == "credible" and stage_of(config, epoch) == "sst":
-            credible = ~trajectory.state_for(epoch).suspicious.to(data.images.device)
-            reestimate_batchnorm(model, data.images[credible], step.normalize, config.batch_size,
-                                 step.autocast_dtype)
-        record = {"epoch": epoch, "stage": stage_of(config, epoch), "lr": lr, "loss": stats.loss,
-                  **evaluate(model, eval_set, step, config.eval_batch_size),
-                  "seconds": time.perf_counter() - started,
-                  "images_per_s": stats.images / max(train_seconds, 1e-9)}
-        if config.batchnorm_diagnostic:
-            record.update(clean_batchnorm_metrics(model, data, eval_set, step, config))
-        if trajectory is not None:
-            record.update(split_record(trajectory.state_for(epoch), data.poisoned))
-        history.append(record)
-        if on_epoch:
-            on_epoch(record)
-        if save_checkpoint:
-            save_checkpoint({
-                "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "cpu_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
-                "history": history,
-            })
+        with section(f"{stage_of(config, epoch)} epoch"):
+            record = beneficiary_epoch(config, epoch, model, optimizer, data, eval_set,
+                                       trajectory, step)
+            history.append(record)
+            with section("report and checkpoint"):
+                if on_epoch:
+                    on_epoch(record)
+                if save_checkpoint:
+                    save_checkpoint(checkpoint_state(epoch, model, optimizer, history))
     return history

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from vb_sweep.augment import Normalizer, standard_augment
 from vb_sweep.mixing import AUGMENTATIONS, attention_from_features
+from vb_sweep.timing import section
 
 
 @dataclass
@@ -45,9 +46,10 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 
 
 def _inputs(images_uint8: torch.Tensor, settings: StepSettings) -> torch.Tensor:
-    if settings.padding is not None:
-        images_uint8 = standard_augment(images_uint8, settings.padding, settings.flip)
-    return settings.normalize(images_uint8)
+    with section("augment"):
+        if settings.padding is not None:
+            images_uint8 = standard_augment(images_uint8, settings.padding, settings.flip)
+        return settings.normalize(images_uint8)
 
 
 def autocast(device_type: str, settings: StepSettings):
@@ -57,11 +59,13 @@ def autocast(device_type: str, settings: StepSettings):
 
 
 def _step(model, optimizer, loss_fn, settings: StepSettings) -> float:
-    with autocast(settings.normalize.mean.device.type, settings):
+    with section("forward"), autocast(settings.normalize.mean.device.type, settings):
         loss = loss_fn()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    with section("backward"):
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    with section("optimizer step"):
+        optimizer.step()
     return loss.detach()
 
 
@@ -97,7 +101,7 @@ def forward_parts(model, parts: list[torch.Tensor], settings: StepSettings) -> t
 def attention_maps(model, views: list[torch.Tensor], settings: StepSettings) -> torch.Tensor:
     """The Beneficiary's attention on the clean views, without gradients: in train mode, one
     view at a time (the authors' way), or in eval mode on all of them at once ("joint")."""
-    with autocast(views[0].device.type, settings):
+    with section("attention (no-grad)"), autocast(views[0].device.type, settings):
         if _separate_passes(settings):
             features = torch.cat([model.forward_with_features(view)[1] for view in views])
         else:
@@ -114,8 +118,9 @@ def mixed_views(model, images_uint8, targets, settings: StepSettings):
     augmentation = AUGMENTATIONS.get(settings.augment)
     attention = (attention_maps(model, list(x.chunk(2)), settings)
                  if augmentation.needs_attention else None)
-    return augmentation.mix(x, y, attention, t_m=settings.t_m,
-                            interpolation=settings.interpolation)
+    with section("mix"):
+        return augmentation.mix(x, y, attention, t_m=settings.t_m,
+                                interpolation=settings.interpolation)
 
 
 def mix_epoch(model, optimizer, images, labels, indices, num_classes,
@@ -162,7 +167,7 @@ class SSTSettings:
 def no_grad_logits(model, views: list[torch.Tensor], settings: StepSettings) -> torch.Tensor:
     """The Beneficiary's logits on each view in its own train-mode pass (the authors' way of
     taking pseudo-labels: batch statistics, running statistics updated)."""
-    with autocast(views[0].device.type, settings):
+    with section("pseudo-labels (no-grad)"), autocast(views[0].device.type, settings):
         return torch.cat([model(view) for view in views])
 
 

@@ -45,6 +45,13 @@ def check_choice(field: str, value, choices: Iterable):
     return value
 
 
+def check_flag(field: str, value) -> bool:
+    """True or False, not a number or a string that stands for one of them."""
+    if not isinstance(value, bool):
+        raise ConfigError(field, value, [True, False])
+    return value
+
+
 def check_fraction(field: str, value) -> float:
     try:
         number = float(value)

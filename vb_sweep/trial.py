@@ -24,14 +24,15 @@ from datetime import datetime, timezone
 from typing import Callable
 
 import vb_sweep
-from vb_sweep.artifacts import (PreparedPoison, load_trial_data, poison_cache_parts,
-                                prepare_mix_stage, prepare_poisoned_set, prepare_victim,
-                                shares_mix_stage, train_beneficiary)
+from vb_sweep.artifacts import (ENGINE_DEFAULTS, PreparedPoison, load_trial_data,
+                                poison_cache_parts, prepare_mix_stage, prepare_poisoned_set,
+                                prepare_victim, shares_mix_stage, train_beneficiary)
 from vb_sweep.cache import ArtifactCache, cache_key
 from vb_sweep.config import TrialConfig
 from vb_sweep.data import DatasetSplits
 from vb_sweep.device import precision_name, resolve_device, retain_freed_memory
 from vb_sweep.figures import entropy_histogram_png, training_curves_png, trigger_preview_png
+from vb_sweep.timing import section
 
 
 @dataclass
@@ -45,7 +46,7 @@ class TrialResult:
 # Fields added after sweeps were run, with their default: left out of the trial id while at it,
 # so that a --resume of such a sweep still finds its finished trials.
 FIELDS_ADDED_LATER = {"victim_model": None, "batchnorm_diagnostic": False,
-                      "sst_batchnorm": "running"}
+                      "sst_batchnorm": "running", **ENGINE_DEFAULTS}
 
 
 def trial_id_for(config: TrialConfig) -> str:
@@ -66,7 +67,8 @@ def run_trial(config: TrialConfig, *, cache: ArtifactCache | None = None, sweep:
     cache = cache or ArtifactCache()
     trial_id = trial_id or trial_id_for(config)
     device = resolve_device(config.device)
-    data = load_trial_data(config)
+    with section("load data"):
+        data = load_trial_data(config)
     load_seconds = time.perf_counter() - started
 
     poison_started = time.perf_counter()

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from vb_sweep.cache import register_artifact_type
 from vb_sweep.engine import StepSettings, plain_epoch
 from vb_sweep.metrics import iterate_logits
+from vb_sweep.timing import section
 
 # Part of the trajectory's cache key: bump when how it is computed changes.
 VICTIM_ARTIFACT_VERSION = 3
@@ -106,12 +107,13 @@ def run_victim(model, optimizer, images, labels, settings: VictimSettings, step:
 
     def evaluate(keep_softmax: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         raw, softmaxes = [], []
-        for logits in iterate_logits(model, images, step.normalize, settings.eval_batch_size,
-                                     step.autocast_dtype):
-            raw.append(prediction_entropy(logits))
-            if keep_softmax:
-                softmaxes.append(F.softmax(logits / settings.temperature, 1).half())
-        return entropy.update(torch.cat(raw)), torch.cat(softmaxes) if keep_softmax else None
+        with section("entropy pass"):
+            for logits in iterate_logits(model, images, step.normalize, settings.eval_batch_size,
+                                         step.autocast_dtype):
+                raw.append(prediction_entropy(logits))
+                if keep_softmax:
+                    softmaxes.append(F.softmax(logits / settings.temperature, 1).half())
+            return entropy.update(torch.cat(raw)), torch.cat(softmaxes) if keep_softmax else None
 
     def new_state(stage: str, epoch: int, threshold: float, keep_softmax: bool) -> VictimState:
         normalized, soft = evaluate(keep_softmax)
@@ -123,9 +125,11 @@ def run_victim(model, optimizer, images, labels, settings: VictimSettings, step:
 
     def train_on_suspicious(state: VictimState) -> None:
         suspicious = torch.nonzero(state.suspicious.to(labels.device))[:, 0]
-        plain_epoch(model, optimizer, images, labels, suspicious, step)
+        with section("training"):
+            plain_epoch(model, optimizer, images, labels, suspicious, step)
 
-    plain_epoch(model, optimizer, images, labels, everything, step)  # epoch 0: all of D
+    with section("training"):
+        plain_epoch(model, optimizer, images, labels, everything, step)  # epoch 0: all of D
     victim_epochs = 1
     for epoch in range(1, settings.warm_up):
         threshold = warmup_threshold(epoch, settings.t_f, settings.warm_up_step)

@@ -18,11 +18,14 @@ class FeatureClassifier(nn.Module):
         raise NotImplementedError
 
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feature_map = self.features(x)
-        return self.classify(feature_map), feature_map
+        return self(x, with_features=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classify(self.features(x))
+    def forward(self, x: torch.Tensor, with_features: bool = False):
+        """The logits; with ``with_features``, (logits, feature map) from the same pass. One
+        entry point, so a compiled module compiles both (``device.place_model``)."""
+        feature_map = self.features(x)
+        logits = self.classify(feature_map)
+        return (logits, feature_map) if with_features else logits
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:

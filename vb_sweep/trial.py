@@ -63,6 +63,7 @@ def run_trial(config: TrialConfig, *, cache: ArtifactCache | None = None, sweep:
               on_victim_split: Callable | None = None) -> TrialResult:
     config.validate()
     retain_freed_memory()
+    code_version()  # the commit this process runs, read (and kept) before the checkout moves on
     started = time.perf_counter()
     cache = cache or ArtifactCache()
     trial_id = trial_id or trial_id_for(config)

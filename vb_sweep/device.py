@@ -1,7 +1,7 @@
 """Where and how a trial's networks run: the device, the memory layout, the precision, the seed.
 
     device = resolve_device("auto")             # "cuda" when there is a GPU, else "cpu"
-    model = place_model(model, device)          # on the device, channels_last (optionally compiled)
+    model = place_model(model, device)          # on the device, channels_last; or compiled
     dtype = autocast_dtype(amp=True, device)    # bf16 where the hardware computes it, else None
     retain_freed_memory()                        # once per process that trains (glibc only)
 """

@@ -587,10 +587,11 @@ def read_folders(folders: list[Path], skip_unreadable: bool,
     for folder in folders:
         rows = read_trials(folder, strict=not skip_unreadable)
         epochs = read_history(folder, strict=not skip_unreadable)
-        if not rows.empty and rows["trial_id"].isin(seen).any():
-            note(f"{folder}: {int(rows['trial_id'].isin(seen).sum())} trial(s) also in an "
-                 "earlier folder, taken from there")
-            rows = rows[~rows["trial_id"].isin(seen)]
+        repeated = rows["trial_id"].isin(seen) if not rows.empty else None
+        if repeated is not None and repeated.any():
+            note(f"{folder}: {int(repeated.sum())} trial(s) also in an earlier folder, taken "
+                 "from there")
+            rows = rows[~repeated]
         if not epochs.empty:
             epochs = epochs[~epochs["trial_id"].isin(seen)]
         seen |= set(rows["trial_id"]) if not rows.empty else set()
@@ -603,14 +604,13 @@ def read_folders(folders: list[Path], skip_unreadable: bool,
 
 def one_search_folder(folders: list[Path], with_front: list[Path], note: Note) -> Path | None:
     """The folder whose threshold search (study, Pareto front) the figures show: the only one
-    that holds a search; with several, none of them (each is drawn on its own)."""
+    that holds a search; none without a search, or with several (each is drawn on its own)."""
     searches = [folder for folder in folders
                 if folder in with_front or search_study(folder) is not None]
     if len(searches) > 1:
         note(f"skipped the searches' figures: {len(searches)} folders hold a threshold search "
              "(draw each folder on its own)")
-        return None
-    return searches[0] if searches else (folders[0] if len(folders) == 1 else None)
+    return searches[0] if len(searches) == 1 else None
 
 
 def render_threshold_figures(results_dir: Path | None, trials: pd.DataFrame, out_dir: Path,

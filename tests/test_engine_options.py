@@ -8,19 +8,19 @@ import torch
 from vb_sweep.artifacts import (load_trial_data, mix_stage_cache_parts, new_network,
                                 step_settings, victim_optimizer)
 from vb_sweep.cache import ArtifactCache
-from vb_sweep.config import ConfigError, preset_config, scaled_schedule
+from vb_sweep.config import ConfigError
 from vb_sweep.defense import beneficiary_optimizer
 from vb_sweep.device import seed_everything
 from vb_sweep.engine import SSTSettings, attention_maps, mix_epoch, plain_epoch, sst_epoch
 from vb_sweep.metrics import iterate_logits
 from vb_sweep.trial import run_trial, trial_id_for
 
-TINY = dict(train_per_class=12, test_per_class=6, warm_up=2, eval_batch_size=256,
-            batch_size=32, victim_batch_size=32, amp=False, **scaled_schedule(4))
+from test_trial import tiny_config as trial_config
 
 
 def tiny_config(**changes):
-    return preset_config("smoke", **{**TINY, **changes}).validate()
+    """test_trial's tiny smoke trial in fp32, where the tolerances below are stated."""
+    return trial_config(**{"amp": False, **changes})
 
 
 def losses(result) -> list[float]:

@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vb_sweep.artifacts import load_trial_data  # noqa: E402
+from vb_sweep.artifacts import load_trial_data, place_for  # noqa: E402
 from vb_sweep.cache import ArtifactCache  # noqa: E402
 from vb_sweep.config import preset_config, scaled_schedule  # noqa: E402
 from vb_sweep.device import autocast_dtype, precision_name  # noqa: E402
@@ -85,11 +85,9 @@ def environment(device: str, config) -> dict:
 
 
 def bare_model_rates(config, device: str, batches, seconds: float) -> list[dict]:
-    from vb_sweep.device import place_model
     from vb_sweep.models import build_model
 
-    model = place_model(build_model(config.model, 10), device, config.channels_last,
-                        config.compile)
+    model = place_for(config, build_model(config.model, 10), device)
     bare = BareModel(model, (3, 32, 32), device, autocast_dtype(config.amp, device), seconds)
     return [{"batch": batch, "train_images_per_s": bare.rate(batch, STEP),
              "eval_images_per_s": bare.rate(batch, EVAL)} for batch in batches]
@@ -159,14 +157,12 @@ def worker(args) -> int:
     start time; prints its images/s as JSON."""
     from vb_sweep.artifacts import step_settings
     from vb_sweep.defense import beneficiary_optimizer
-    from vb_sweep.device import place_model
     from vb_sweep.engine import mix_epoch
     from vb_sweep.models import build_model
 
     config = check_config(args.device, args.model, args.images, 2)
     data = load_trial_data(config)
-    model = place_model(build_model(config.model, data.train.num_classes), args.device,
-                        config.channels_last, config.compile)
+    model = place_for(config, build_model(config.model, data.train.num_classes), args.device)
     optimizer = beneficiary_optimizer(model, config)
     step = step_settings(config, data, args.device, config.batch_size, config.crop_padding)
     images = data.train.images.to(args.device)

@@ -25,13 +25,13 @@ from statistics import median
 import torch
 import torch.nn.functional as F
 
-from vb_sweep.artifacts import ENGINE_DEFAULTS, step_settings
+from vb_sweep.artifacts import ENGINE_DEFAULTS, place_for, step_settings
 from vb_sweep.attacks import build_attack
 from vb_sweep.config import TrialConfig
 from vb_sweep.defense import beneficiary_optimizer
 from vb_sweep.engine import SSTSettings, mix_epoch, plain_epoch, sst_epoch, unlabeled_batch_size
 from vb_sweep.metrics import iterate_logits
-from vb_sweep.device import autocast_dtype, place_model
+from vb_sweep.device import autocast_dtype
 from vb_sweep.models import build_model
 from vb_sweep.victim import prediction_entropy
 
@@ -165,8 +165,7 @@ def engine_option_rates(config, device: str, seconds: float = 2.0, rounds: int =
     for name, changes in ENGINE_VARIANTS.items():
         variant = config.replace(**{**ENGINE_DEFAULTS, **changes})
         torch.manual_seed(0)
-        model = place_model(build_model(variant.model, 10), device, variant.channels_last,
-                            variant.compile)
+        model = place_for(variant, build_model(variant.model, 10), device)
         bare = BareModel(model, (3, 32, 32), device, autocast_dtype(variant.amp, device),
                          seconds / rounds, config=variant)
         first = timed(lambda: [bare.bare_pass(config.batch_size, STEP),
@@ -229,8 +228,7 @@ def stage_figures(config, data, device: str, bare_seconds: float = 2.0,
     images, labels = poisoned.images.to(device), poisoned.labels.to(device)
     n, classes = labels.numel(), data.train.num_classes
     torch.manual_seed(0)
-    model = place_model(build_model(config.model, classes), device, config.channels_last,
-                        config.compile)
+    model = place_for(config, build_model(config.model, classes), device)
     step = step_settings(config, data, device, config.batch_size, config.crop_padding)
     victim_step = step_settings(config, data, device, config.victim_batch_size, None)
     bare = BareModel(model, tuple(images.shape[1:]), device, step.autocast_dtype, bare_seconds,

@@ -98,6 +98,11 @@ def new_network(config: TrialConfig, data: DatasetSplits, role: str, device: str
     architectures = {"victim": config.victim_network, "beneficiary": config.model}
     for drawn in NETWORK_ORDER[:NETWORK_ORDER.index(role) + 1]:
         model = build_model(architectures[drawn], data.train.num_classes)
+    return place_for(config, model, device)
+
+
+def place_for(config: TrialConfig, model, device: str):
+    """``model`` on ``device`` as the config's engine options run it (layout, compilation)."""
     return place_model(model, device, config.channels_last, config.compile)
 
 

@@ -14,7 +14,6 @@ first split, the one in use at the end of the mix stage and the last.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -27,9 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vb_sweep.analysis.plots import filter_quality_figure, save_figure  # noqa: E402
 from vb_sweep.artifacts import prepare_poisoned_set, prepare_victim  # noqa: E402
 from vb_sweep.cache import ArtifactCache  # noqa: E402
+from vb_sweep.commands.options import OneLineErrorParser, run_command  # noqa: E402
 from vb_sweep.config import (merge_overrides, parse_overrides, preset_config,  # noqa: E402
                              schedule_for)
 from vb_sweep.device import resolve_device  # noqa: E402
+from vb_sweep.errors import check_number  # noqa: E402
 from vb_sweep.metrics import filter_quality  # noqa: E402
 from vb_sweep.victim import updates_after_epochs  # noqa: E402
 
@@ -112,8 +113,8 @@ def filter_over_schedule(config, cache: ArtifactCache) -> list[dict]:
     return split_rows(config, trajectory, poison.train.poisoned)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> OneLineErrorParser:
+    parser = OneLineErrorParser(prog="victim_filter.py", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="smoke")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--attacks", nargs="+", default=["badnets"])
@@ -125,7 +126,12 @@ def main(argv=None) -> int:
     parser.add_argument("--cache-dir", default=None, help="default: OUT/cache")
     parser.add_argument("--out", required=True)
     parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run(args) -> int:
+    if args.threads is not None:
+        check_number("--threads", args.threads, integer=True, minimum=1)
     overrides = parse_overrides(args.set)
     options = {"data_root": args.data_root, "seed": args.seed, "defense": "vab"}
     configs = [preset_config(args.preset, **merge_overrides(
@@ -150,6 +156,10 @@ def main(argv=None) -> int:
         save_figure(figure, out, f"filter_quality_{config.attack}")
     print(f"written: {out / 'filter_splits.csv'} and the figures beside it")
     return 0
+
+
+def main(argv=None) -> int:
+    return run_command(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -152,7 +152,9 @@ def run(args) -> int:
         print("\n".join(summary_lines(config, attack_rows)), flush=True)
         rows += attack_rows
         write_csv_atomically(pd.DataFrame(rows, columns=COLUMNS), out / "filter_splits.csv")
-        figure = filter_quality_figure(history_frame(attack_rows), config.attack)
+        title = pd.Series({"attack": config.attack, "defense": f"the Victim over {config.epochs} "
+                           "epochs", "dataset": config.dataset, "seed": config.seed})
+        figure = filter_quality_figure(history_frame(attack_rows), config.attack, title)
         save_figure(figure, out, f"filter_quality_{config.attack}")
     print(f"written: {out / 'filter_splits.csv'} and the figures beside it")
     return 0

@@ -47,7 +47,7 @@ def test_splits_match_what_a_trial_of_the_same_settings_uses(tmp_path, capsys):
         used = badnets[badnets["used_in_epochs"].map(
             lambda span: int(span.split("-")[0]) <= record["epoch"] <= int(span.split("-")[1]))]
         assert len(used) == 1
-        for column in ("suspicious_size", "filter_precision", "filter_recall"):
+        for column in ("suspicious_size", "filter_precision", "filter_recall", "filter_auroc"):
             assert used[column].item() == pytest.approx(record[column]), (record["epoch"], column)
 
 

@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vb_sweep.analysis.plots import filter_quality_figure, save_figure  # noqa: E402
-from vb_sweep.artifacts import prepare_poisoned_set, prepare_victim  # noqa: E402
+from vb_sweep.artifacts import (load_trial_data, make_attack,  # noqa: E402
+                                prepare_poisoned_set, prepare_victim)
 from vb_sweep.cache import ArtifactCache  # noqa: E402
 from vb_sweep.commands.options import OneLineErrorParser, run_command  # noqa: E402
 from vb_sweep.config import (merge_overrides, parse_overrides, preset_config,  # noqa: E402
@@ -137,7 +138,9 @@ def run(args) -> int:
     configs = [preset_config(args.preset, **merge_overrides(
                    {**options, "attack": attack}, schedule_for(args.epochs, overrides),
                    overrides)).validate()
-               for attack in args.attacks]  # every attack checked before any work starts
+               for attack in args.attacks]
+    for config in configs:  # dataset files, attacks and targets checked before any work starts
+        make_attack(config, load_trial_data(config))
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)

@@ -69,3 +69,11 @@ def test_an_unknown_attack_is_one_line_before_any_work(tmp_path, capsys):
     assert status == 2 and len(error.splitlines()) == 1
     assert "attack" in error and "nosuch" in error and "wanet" in error  # the allowed values
     assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_dataset_is_one_line_before_anything_is_written(tmp_path, capsys):
+    status = victim_filter.main(["--preset", "cpu", "--data-root", str(tmp_path / "nothing"),
+                                 "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err.strip()
+    assert status == 2 and len(error.splitlines()) == 1 and "data_root" in error
+    assert not (tmp_path / "out").exists()

@@ -375,6 +375,16 @@ def test_search_without_a_second_variant_has_no_bars(search_results, tmp_path, c
 # ---------------------------------------------------------------------------------------------
 # The notebook
 
+def test_notebook_is_valid_with_an_id_on_every_cell():
+    """nbformat warns today, and will refuse later, a cell without an id."""
+    nbformat = pytest.importorskip("nbformat")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nbformat.validate(nbformat.read(ROOT / "analysis" / "results.ipynb", as_version=4))
+
+
 def test_notebook_runs_end_to_end(rows, tmp_path, monkeypatch):
     small = [r for r in rows if r["attack"] == "badnets" and r["defense"] in ("none", "vab")]
     outputs = run_notebook(write_results(tmp_path / "results", small), tmp_path / "figures",

@@ -519,6 +519,19 @@ def test_schedule_curve_sets_each_variant_against_no_defense_at_the_same_length(
     assert tables.schedule_curve(one_length).empty
 
 
+def test_a_length_run_with_no_defense_alone_joins_the_curve(schedule_results, tmp_path):
+    """`--defenses none --epochs 100` leaves t_f and t_m blank in its section (no variant
+    there uses them); the curve still shows it beside the other lengths."""
+    alone = write_results(tmp_path / "epochs100", [trial_row(
+        "e1000", "badnets", "none", 0, ba=0.80, asr=0.99, best_ba=0.81, best_ba_asr=0.99,
+        best_epoch=50, epochs=100)])
+    curve = tables.schedule_curve(tables.load_trials(*schedule_results, alone))
+    assert sorted(curve["epochs"].unique()) == [20, 100, 200]
+    at_100 = curve[curve["epochs"] == 100]
+    assert at_100["defense"].tolist() == ["none"] and at_100["ba_vs_none"].item() == 0
+    assert at_100["t_f"].item() == curve.loc[curve["defense"] == "vab", "t_f"].iloc[0]
+
+
 def test_by_epochs_command_line_prints_last_and_best_epoch_tables(schedule_results, capsys):
     folders = [str(folder) for folder in schedule_results]
     assert ablation_table.main([*folders, "--by-epochs"]) == 0

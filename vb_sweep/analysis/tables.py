@@ -298,7 +298,7 @@ def schedule_curve(trials: pd.DataFrame, **filters) -> pd.DataFrame:
     BA minus the no-defense BA at the same length (NaN without a no-defense run there). Only
     sections that were run at two or more lengths."""
     grid = ablation_grid(trials, **filters)
-    grid = grid[(grid["n"] > 0) & grid["epochs"].notna()]
+    grid = _with_unused_thresholds_filled(grid[(grid["n"] > 0) & grid["epochs"].notna()])
     lengths = grid.groupby(CURVE_KEYS, dropna=False)["epochs"].transform("nunique")
     grid = grid[lengths >= 2]
     none = grid.loc[grid["defense"] == "none", SECTION_KEYS + ["attack", "ba_mean"]]
@@ -306,6 +306,22 @@ def schedule_curve(trials: pd.DataFrame, **filters) -> pd.DataFrame:
                        on=SECTION_KEYS + ["attack"], how="left")
     curve["ba_vs_none"] = curve["ba_mean"] - curve["ba_none"]
     return curve[CURVE_COLUMNS].reset_index(drop=True)
+
+
+def _with_unused_thresholds_filled(grid: pd.DataFrame) -> pd.DataFrame:
+    """A length run with only variants that use no threshold (``none``) has its t_f and t_m
+    blank; it joins the other lengths' curve when those agree on one value of each."""
+    grid = grid.copy()
+    shared = [key for key in CURVE_KEYS if key not in UNUSED_MATCHES_ANY] + ["attack"]
+
+    def the_one_value(values: pd.Series):
+        known = values.dropna().unique()
+        return known[0] if len(known) == 1 else np.nan
+
+    for key in UNUSED_MATCHES_ANY:
+        grid[key] = grid[key].fillna(
+            grid.groupby(shared, dropna=False)[key].transform(the_one_value))
+    return grid
 
 
 def render_schedule_curve(curve: pd.DataFrame, fmt: str = "md", epoch: str = "last") -> str:

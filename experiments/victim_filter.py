@@ -33,31 +33,21 @@ from vb_sweep.config import (merge_overrides, parse_overrides, preset_config,  #
 from vb_sweep.device import resolve_device  # noqa: E402
 from vb_sweep.errors import check_number  # noqa: E402
 from vb_sweep.metrics import filter_quality  # noqa: E402
-from vb_sweep.victim import updates_after_epochs  # noqa: E402
 
 COLUMNS = ["attack", "split_after_epoch", "used_in_epochs", "suspicious_size",
            "poisoned_in_suspicious", "filter_precision", "filter_recall", "filter_auroc"]
 
 
-def split_epochs(config) -> list[int]:
-    """The Beneficiary epoch after which each of the trajectory's splits is made (0: warm-up)."""
-    updates = updates_after_epochs(config.epochs, config.mix_epochs, config.resplit_every)
-    return [0] + [epoch for epoch, update in enumerate(updates, start=1) if update]
-
-
 def split_rows(config, trajectory, poisoned: torch.Tensor) -> list[dict]:
-    """One row per split of the trajectory, with the Beneficiary epochs that use it."""
-    made_after = split_epochs(config)
-    if len(made_after) != len(trajectory.states):
-        raise RuntimeError(f"{len(trajectory.states)} splits in the trajectory, "
-                           f"{len(made_after)} expected from the schedule")
+    """One row per split of the trajectory: the Beneficiary epochs that use it (a split made
+    after epoch e is used from e + 1 on; the warm-up's, from epoch 1) and its quality."""
     rows = []
     for index, state in enumerate(trajectory.states):
         used = [epoch for epoch in range(1, config.epochs + 1)
                 if trajectory.state_of_epoch[epoch - 1] == index]
         quality = filter_quality(state.suspicious, poisoned, state.entropy)
-        rows.append({"attack": config.attack, "split_after_epoch": made_after[index],
-                     "used_in_epochs": f"{used[0]}-{used[-1]}" if used else "",
+        rows.append({"attack": config.attack, "split_after_epoch": used[0] - 1,
+                     "used_in_epochs": f"{used[0]}-{used[-1]}",
                      **{column: quality[column] for column in COLUMNS if column in quality}})
     return rows
 
@@ -71,8 +61,7 @@ def row_line(row: dict) -> str:
 
 def summary_lines(config, rows: list[dict]) -> list[str]:
     """The first split, the one the last mix epoch uses, and the last."""
-    last_mix = next(row for row in rows if row["used_in_epochs"]
-                    and int(row["used_in_epochs"].split("-")[1]) >= config.mix_epochs)
+    last_mix = [row for row in rows if row["split_after_epoch"] < config.mix_epochs][-1]
     return [f"{config.attack}: first / end of mix stage / last split, precision and recall:",
             *(f"  {name:<8} {row_line(row).strip()}"
               for name, row in (("first", rows[0]), ("mix end", last_mix), ("last", rows[-1])))]

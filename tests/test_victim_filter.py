@@ -13,6 +13,7 @@ from tests.test_trial import TINY
 from vb_sweep.cache import ArtifactCache
 from vb_sweep.config import preset_config, scaled_schedule
 from vb_sweep.trial import run_trial
+from vb_sweep.victim import updates_after_epochs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
@@ -36,7 +37,9 @@ def test_splits_match_what_a_trial_of_the_same_settings_uses(tmp_path, capsys):
     config = preset_config("smoke", attack="badnets", defense="F", **UNSCHEDULED,
                            **scaled_schedule(6))
     badnets = splits[splits["attack"] == "badnets"]
-    assert badnets["split_after_epoch"].tolist() == victim_filter.split_epochs(config)
+    updates = updates_after_epochs(config.epochs, config.mix_epochs, config.resplit_every)
+    assert badnets["split_after_epoch"].tolist() == [0] + [
+        epoch for epoch, update in enumerate(updates, start=1) if update]
     assert (badnets["poisoned_in_suspicious"] <= badnets["suspicious_size"]).all()
 
     trial = run_trial(config, cache=ArtifactCache(cache_dir))

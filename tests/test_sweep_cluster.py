@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from vb_sweep.analysis import plots, tables
 from conftest import BIN, TINY, run_notebook
 from vb_sweep.grid import manifest_for, write_manifest
+from vb_sweep.trial import code_version
 
 
 def trial_runs(client: MlflowClient, sweep: str) -> tuple[list, list]:
@@ -63,6 +64,8 @@ def test_ablation_on_a_two_node_cluster(cluster_sweep):
     rows = pd.read_parquet(out / "trials")
     assert sorted(rows["defense"]) == ["none", "none", "vab", "vab"]
     assert set(rows["status"]) == {"ok"} and set(rows["sweep"]) == {"ablation-smoke"}
+    # Every row names the commit the driver runs.
+    assert set(rows["code_version"]) == {code_version()}
     assert rows["poison_cached"].all()  # built once, before the trials
     assert rows.loc[rows["defense"] == "vab", "victim_cached"].all()
     # Two slots for four trials: the workers are reused, and every trial's costs are recorded.
@@ -212,6 +215,21 @@ def test_threshold_search_refuses_bad_ranges(sweep_script, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == ("threshold_search.py: error: invalid --t-f-range: "
                                      "[0.3, 0.1] (allowed: LOW < HIGH)")
+
+
+def test_a_local_cluster_sweep_run_outside_the_checkout_names_its_commit(tmp_path):
+    """The README's main command on its own local Ray cluster, started from another folder:
+    the workers import the copy of the package Ray ships them (no checkout), and the rows still
+    carry the driver's commit."""
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [str(BIN / "vb-sweep"), "ablation", *TINY, "--attacks", "badnets", "--defenses", "none",
+         "--cpus", "1", "--out", str(out)],
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}, cwd=tmp_path,
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (row,) = pd.read_parquet(out / "trials").to_dict("records")
+    assert row["status"] == "ok" and row["code_version"] == code_version()
 
 
 def test_a_killed_drivers_local_cluster_leaves_no_process(background_script, tmp_path):

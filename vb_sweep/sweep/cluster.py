@@ -97,12 +97,16 @@ def check_address(address: str, timeout_s: float = 5.0) -> None:
 
 def connect(address: str | None) -> dict:
     """Start a local Ray cluster, or join the one at ``address``; returns its resources. The
-    package travels to the workers with the job (``py_modules``), so workers need no copy."""
+    package travels to the workers with the job (``py_modules``), so workers need no copy; its
+    commit travels with it, for the rows' ``code_version``."""
     import ray
 
     import vb_sweep
 
-    quiet = {"runtime_env": {"py_modules": [vb_sweep]}, "logging_level": logging.ERROR}
+    runtime_env = {"py_modules": [vb_sweep]}
+    if vb_sweep.git_commit():
+        runtime_env["env_vars"] = {vb_sweep.COMMIT_ENV: vb_sweep.git_commit()}
+    quiet = {"runtime_env": runtime_env, "logging_level": logging.ERROR}
     plain_text_unless_terminal()
     if not address:
         ray.init(include_dashboard=False, **quiet)

@@ -104,8 +104,9 @@ def connect(address: str | None) -> dict:
     import vb_sweep
 
     runtime_env = {"py_modules": [vb_sweep]}
-    if vb_sweep.git_commit():
-        runtime_env["env_vars"] = {vb_sweep.COMMIT_ENV: vb_sweep.git_commit()}
+    commit = vb_sweep.git_commit()
+    if commit:
+        runtime_env["env_vars"] = {vb_sweep.COMMIT_ENV: commit}
     quiet = {"runtime_env": runtime_env, "logging_level": logging.ERROR}
     plain_text_unless_terminal()
     if not address:
